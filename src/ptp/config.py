@@ -1,0 +1,53 @@
+"""Configuration dataclasses shared by every part of ptp (one object per concern)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """The one description of the sampling distribution P of Eq. (1).
+
+    The same object is used for pregenerating teacher completions, for extracting the auxiliary
+    variables u during training and for decoding, so that all three see identical distributions.
+
+    Attributes:
+        temperature: logits are divided by it; ``0`` means greedy (argmax, lowest id on ties).
+        top_k: keep only the ``top_k`` most likely tokens (ties at the boundary are kept, as in
+            transformers); ``0`` disables it.
+        top_p: keep the smallest set of most likely tokens whose mass reaches ``top_p`` (at
+            least one token); ``1.0`` disables it.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0.0) or self.temperature == float("inf"):
+            raise ValueError(
+                f"temperature={self.temperature!r} is invalid: use a finite value >= 0 (0 means greedy)"
+            )
+        if isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k!r} is invalid: use an integer >= 0 (0 disables top-k)")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p={self.top_p!r} is invalid: use a value in (0, 1] (1 disables top-p)")
+        object.__setattr__(self, "top_k", int(self.top_k))
+        object.__setattr__(self, "temperature", float(self.temperature))
+        object.__setattr__(self, "top_p", float(self.top_p))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SamplingConfig":
+        unknown = set(data) - {"temperature", "top_k", "top_p"}
+        if unknown:
+            raise ValueError(f"unknown sampling keys {sorted(unknown)}: use temperature, top_k, top_p")
+        return cls(**data)

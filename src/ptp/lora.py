@@ -1,0 +1,106 @@
+"""Gated LoRA: a low-rank adapter that acts only on draft positions.
+
+Each adapted linear layer computes ``y = W x`` for every position and adds ``B A x * scale`` only on
+the rows where the gate is on. Rows where the gate is off are never touched, so at context and
+verification positions the student *is* the teacher, bit for bit (as peft's activated LoRA).
+``B`` starts at zero, so a new student also equals the teacher on draft positions.
+
+The gate is a ``(batch, seq)`` bool tensor held by a :class:`Gate` shared by all adapted layers and
+set for the duration of one forward call, which keeps the base model's modeling code untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+try:  # GPT-2 style models use a transposed linear layer.
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - very old transformers
+    Conv1D = ()  # type: ignore[assignment]
+
+
+class Gate:
+    """Holds the per-token gate of the forward call in progress."""
+
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None  # (batch, seq) bool, or None = all off
+
+    @contextmanager
+    def set(self, mask: torch.Tensor | None) -> Iterator[None]:
+        previous, self.mask = self.mask, mask
+        try:
+            yield
+        finally:
+            self.mask = previous
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int] | None:
+    """(in_features, out_features) of a linear-like layer, or None if it is not one."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if Conv1D and isinstance(module, Conv1D):
+        return module.weight.shape[0], module.weight.shape[1]
+    return None
+
+
+class GatedLoRA(nn.Module):
+    """Wraps a linear layer ``base``; adds ``scale * B(A(x))`` on gated rows only."""
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float, gate: Gate) -> None:
+        super().__init__()
+        shape = linear_shape(base)
+        if shape is None:
+            raise TypeError(f"cannot adapt {type(base).__name__}: only Linear and Conv1D layers")
+        in_features, out_features = shape
+        self.base = base
+        self.gate = gate
+        self.scale = alpha / rank
+        weight = next(base.parameters())
+        self.lora_A = nn.Parameter(torch.empty(rank, in_features, dtype=torch.float32, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, dtype=torch.float32, device=weight.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, seq, in)
+        y = self.base(x)
+        mask = self.gate.mask
+        if mask is None or x.dim() != 3 or not bool(mask.any()):
+            return y
+        rows = x[mask]  # (n_gated, in)
+        delta = (rows.to(self.lora_A.dtype) @ self.lora_A.t()) @ self.lora_B.t() * self.scale
+        # index_put on a copy: gated-off rows keep the exact bits of the base layer.
+        return y.index_put((mask,), y[mask] + delta.to(y.dtype))
+
+
+def inject_gated_lora(
+    model: nn.Module, gate: Gate, rank: int, alpha: float, targets: list[str] | None = None
+) -> list[str]:
+    """Replace linear layers inside the transformer blocks by :class:`GatedLoRA` wrappers.
+
+    Args:
+        model: a ``PreTrainedModel``; its modeling code is not changed, only submodules swapped.
+        targets: module-name suffixes to adapt (e.g. ``["q_proj", "v_proj"]``); ``None`` adapts
+            every linear layer except the embeddings and the output head.
+    Returns:
+        The qualified names of the adapted modules, in order.
+    """
+    output = model.get_output_embeddings()
+    adapted = []
+    for name, module in list(model.named_modules()):
+        if module is output or linear_shape(module) is None or isinstance(module, GatedLoRA):
+            continue
+        if targets is not None and not any(name == t or name.endswith("." + t) for t in targets):
+            continue
+        if ".base" in name:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, GatedLoRA(module, rank, alpha, gate))
+        adapted.append(name)
+    if not adapted:
+        raise ValueError(f"no linear layer matched lora targets {targets!r}: name modules of the teacher")
+    return adapted

@@ -1,0 +1,289 @@
+"""The PTP student: any causal LM teacher + auxiliary embedding of u + gated LoRA on draft slots.
+
+A forward call mixes two kinds of rows:
+
+* token rows (gate off) run the unchanged teacher: their logits are the teacher's, bit for bit;
+* draft slots (gate on) carry the embedding of an auxiliary variable instead of a token and run the
+  teacher with the LoRA delta added; slot ``j`` of a window starting at ``i`` predicts ``t_{i+j}``.
+
+Which u a slot carries depends on the mode (Sec. 2.1 and App. H):
+
+* ``o-ptp``: slot j carries ``u_{i+j}``, so with the causal window it sees ``u_i..u_{i+j}`` (Eq. 5)
+  and predicts the token itself (argmax).
+* ``c-ptp``: slot j carries ``u_{i+j-1}`` (slot 0: none), sees ``u_i..u_{i+j-1}`` and predicts a
+  full distribution, sampled with ``pick(u_{i+j}, .)`` (Eq. 7).
+* ``mtp``: no slot carries u (independent prediction baseline), sampled like C-PTP.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .aux_embedding import AuxEmbedding, parse_aux_embedding
+from .errors import UserError
+from .io import atomic_path, write_json
+from .lora import Gate, GatedLoRA, inject_gated_lora
+from .masks import additive_mask
+from .sampling import pick
+
+MODES = ("o-ptp", "c-ptp", "mtp")
+CONFIG_NAME = "ptp_student.json"
+WEIGHTS_NAME = "student.safetensors"
+
+
+@dataclass
+class StudentConfig:
+    """Everything that defines a student besides its teacher's weights.
+
+    Attributes:
+        mode: ``o-ptp`` (one-hot), ``c-ptp`` (categorical) or ``mtp`` (independent baseline).
+        num_draft_tokens: N, draft slots per window (tokens proposed per call).
+        lora_rank: rank r of the gated LoRA.
+        lora_alpha: LoRA scale numerator (delta is scaled by alpha / r).
+        lora_targets: module-name suffixes to adapt; None adapts every linear layer of the blocks.
+        aux_embedding: ``FEATURE+HEAD`` (App. C.1), e.g. ``ar+lin`` (default, the paper's best).
+        aux_dim: n, the number of threshold / arithmetic-coding features.
+        teacher: name or path the teacher is loaded from (recorded for ``from_pretrained``).
+        teacher_signature: architecture facts checked when the student is reloaded.
+    """
+
+    mode: str = "o-ptp"
+    num_draft_tokens: int = 16
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_targets: list[str] | None = None
+    aux_embedding: str = "ar+lin"
+    aux_dim: int = 32
+    teacher: str = ""
+    teacher_signature: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UserError(f"mode={self.mode!r} is invalid: use one of {', '.join(MODES)}")
+        if int(self.num_draft_tokens) < 1:
+            raise UserError(f"num_draft_tokens={self.num_draft_tokens!r} is invalid: use an integer >= 1")
+        if int(self.lora_rank) < 1:
+            raise UserError(f"lora_rank={self.lora_rank!r} is invalid: use an integer >= 1")
+        try:
+            parse_aux_embedding(self.aux_embedding)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "student config") -> "StudentConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"{source} has unknown keys {unknown}: remove them (known: {sorted(known)})")
+        missing = sorted({"mode", "num_draft_tokens", "teacher"} - set(data))
+        if missing:
+            raise UserError(f"{source} lacks keys {missing}: re-save the student with Student.save_pretrained")
+        return cls(**data)
+
+
+def teacher_signature(teacher: nn.Module) -> dict[str, Any]:
+    """Architecture facts a saved student must match: type, vocabulary and width."""
+    emb = teacher.get_input_embeddings().weight
+    return {
+        "model_type": getattr(teacher.config, "model_type", type(teacher).__name__),
+        "vocab_size": int(teacher.get_output_embeddings().weight.shape[0]),
+        "hidden_size": int(emb.shape[1]),
+    }
+
+
+class Student(nn.Module):
+    """Teacher + auxiliary embedding + gated LoRA. Gate-off rows are the teacher exactly."""
+
+    def __init__(self, teacher: nn.Module, config: StudentConfig) -> None:
+        super().__init__()
+        config.teacher_signature = teacher_signature(teacher)
+        if not config.teacher:
+            config.teacher = str(getattr(teacher.config, "_name_or_path", "") or "")
+        self.config = config
+        self.model = teacher
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.gate = Gate()
+        self.adapted = inject_gated_lora(teacher, self.gate, config.lora_rank, config.lora_alpha, config.lora_targets)
+        token_emb = teacher.get_input_embeddings().weight.detach()
+        self.aux = AuxEmbedding(
+            token_emb.shape[1], config.aux_embedding, config.aux_dim, init_bias=token_emb.float().mean(0)
+        ).to(token_emb.device)
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_teacher(
+        cls,
+        teacher: nn.Module,
+        mode: str = "o-ptp",
+        num_draft_tokens: int = 16,
+        lora_rank: int = 16,
+        lora_alpha: float | None = None,
+        lora_targets: list[str] | None = None,
+        aux_embedding: str = "ar+lin",
+        aux_dim: int = 32,
+        teacher_name: str = "",
+    ) -> "Student":
+        """Wrap any ``AutoModelForCausalLM`` (its modules are adapted in place, its weights frozen)."""
+        config = StudentConfig(
+            mode=mode,
+            num_draft_tokens=num_draft_tokens,
+            lora_rank=lora_rank,
+            lora_alpha=float(lora_alpha if lora_alpha is not None else 2 * lora_rank),
+            lora_targets=lora_targets,
+            aux_embedding=aux_embedding,
+            aux_dim=aux_dim,
+            teacher=teacher_name,
+        )
+        return cls(teacher, config)
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    @property
+    def num_draft_tokens(self) -> int:
+        return self.config.num_draft_tokens
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        draft: torch.Tensor | None = None,
+        u: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        visible: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> Any:
+        """One call over token rows and draft slots.
+
+        Args:
+            input_ids: ``(B, T)`` token ids (ignored on draft rows).
+            draft: ``(B, T)`` bool, True on draft slots (gate on). None: all token rows (teacher).
+            u: ``(B, T)`` float, the u each draft slot carries (NaN: none; see ``slot_u``).
+            position_ids: ``(B, T)``; required with ``visible``.
+            visible: ``(B, T, past + T)`` bool attention layout (see ``ptp.masks``); None: causal.
+            past_key_values: a transformers cache holding ``past`` positions.
+        Returns:
+            The model's output (``.logits``: ``(B, T, V)``, ``.past_key_values``).
+        """
+        embed = self.model.get_input_embeddings()
+        if draft is None or not bool(draft.any()):
+            inputs_embeds = embed(input_ids)
+            draft = None
+        else:
+            token_emb = embed(torch.where(draft, torch.zeros_like(input_ids), input_ids))
+            slot_emb = self.aux(u).to(token_emb.dtype)
+            inputs_embeds = torch.where(draft.unsqueeze(-1), slot_emb, token_emb)
+        mask = additive_mask(visible, inputs_embeds.dtype) if visible is not None else None
+        with self.gate.set(draft):
+            return self.model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+            )
+
+    def slot_u(self, u: torch.Tensor) -> torch.Tensor:
+        """``(..., N)`` u of the window's tokens -> ``(..., N)`` u carried by its slots (NaN = none)."""
+        if self.mode == "o-ptp":
+            return u.to(torch.float64)
+        nan = torch.full_like(u[..., :1], float("nan"), dtype=torch.float64)
+        if self.mode == "c-ptp":
+            return torch.cat([nan, u[..., :-1].to(torch.float64)], dim=-1)
+        return nan.expand(u.shape).clone()
+
+    def draft_tokens(self, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``(..., V)`` slot logits and ``(...)`` u of the predicted tokens -> ``(...)`` draft tokens.
+
+        O-PTP takes the argmax (Eq. 5); C-PTP and MTP model the final sampling distribution and
+        pick with the token's own u (Eq. 7).
+        """
+        if self.mode == "o-ptp":
+            return logits.argmax(-1)
+        return pick(u, logits.to(torch.float64).softmax(-1))
+
+    # ---------------------------------------------------------------- persistence
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what training changes: LoRA factors and the auxiliary embedding."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``student.safetensors`` (adapter + aux embedding) and ``ptp_student.json``, atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt", "ptp": "student"})
+        write_json(directory / CONFIG_NAME, asdict(self.config))
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, teacher: nn.Module | None = None, **teacher_kwargs: Any
+    ) -> "Student":
+        """Reload a saved student; loads the recorded teacher when none is given.
+
+        Raises:
+            UserError: missing or damaged files, unknown config keys, or a teacher that does not
+                match the one the student was trained on.
+        """
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise UserError(f"{directory} is not a student directory (no {CONFIG_NAME}): pass a directory written by ptp train")
+        try:
+            data = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{config_path} is not valid JSON ({e}): restore it or re-save the student") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{config_path} must hold a JSON object: restore it or re-save the student")
+        config = StudentConfig.from_dict(data, source=str(config_path))
+        if teacher is None:
+            from .models import load_teacher
+
+            teacher = load_teacher(config.teacher, **teacher_kwargs)
+        expected = config.teacher_signature
+        actual = teacher_signature(teacher)
+        diff = {k: (expected[k], actual.get(k)) for k in expected if expected[k] != actual.get(k)}
+        if diff:
+            detail = ", ".join(f"{k}: student {a!r} vs teacher {b!r}" for k, (a, b) in diff.items())
+            raise UserError(
+                f"teacher does not match the student in {directory} ({detail}): pass the teacher it was trained on ({config.teacher!r})"
+            )
+        student = cls(teacher, config)
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise UserError(f"{weights} is missing: copy the whole student directory or retrain")
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UserError(f"{weights} is damaged ({e}): restore it or retrain the student") from None
+        own = student.trainable_state_dict()
+        if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+            raise UserError(f"{weights} does not fit this teacher's layers: pass the teacher it was trained on ({config.teacher!r})")
+        with torch.no_grad():
+            params = dict(student.named_parameters())
+            for k, v in state.items():
+                params[k].copy_(v)
+        return student
+
+    def lora_modules(self) -> list[GatedLoRA]:
+        return [m for m in self.model.modules() if isinstance(m, GatedLoRA)]
