@@ -1,0 +1,130 @@
+"""The ``ptp`` command line: one subcommand per module in ``ptp.commands``.
+
+Each command module defines ``HELP`` (one line), ``configure(parser)`` and ``run(args) -> int``.
+Flags for configuration dataclasses come from the dataclasses themselves (``dataclass_arguments``),
+so a config field, its YAML key and its flag share one name and one docstring.
+User mistakes (``UserError``) print one line and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import inspect
+import re
+import sys
+import typing
+from typing import Any, Sequence
+
+from .errors import UserError
+
+COMMANDS = {
+    "distill": "distill",
+    "pregenerate": "pregenerate",
+    "train": "train",
+    "generate": "generate",
+    "bench": "bench",
+}
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute descriptions from the ``Attributes:`` section of a dataclass docstring."""
+    doc = inspect.getdoc(cls) or ""
+    docs: dict[str, str] = {}
+    current = None
+    for line in doc.split("Attributes:", 1)[-1].splitlines() if "Attributes:" in doc else []:
+        m = re.match(r"\s{4}(\w+):\s*(.*)", line)
+        if m:
+            current = m.group(1)
+            docs[current] = m.group(2)
+        elif current and line.startswith(" " * 8):
+            docs[current] += " " + line.strip()
+    return docs
+
+
+def dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", group: str | None = None) -> None:
+    """Add ``--prefix-field`` flags for every field of dataclass ``cls`` (default: unset = None)."""
+    target = parser.add_argument_group(group or cls.__name__) if group is not False else parser
+    docs = _field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name.startswith("_"):
+            continue
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        hint = hints[f.name]
+        origin = typing.get_origin(hint)
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        base = args[0] if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args else hint
+        kwargs: dict[str, Any] = {"dest": prefix.replace("-", "_") + f.name, "default": None, "help": docs.get(f.name, "")}
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is list:
+            kwargs["nargs"] = "+"
+            kwargs["type"] = (typing.get_args(base) or (str,))[0]
+        elif base in (int, float, str):
+            kwargs["type"] = base
+        else:
+            kwargs["type"] = str
+        target.add_argument(flag, **kwargs)
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = "", base: Any = None) -> Any:
+    """Build ``cls`` from flags set on the command line, over ``base`` (an instance) or defaults."""
+    values = dataclasses.asdict(base) if base is not None else {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, prefix.replace("-", "_") + f.name, None)
+        if value is not None:
+            values[f.name] = value
+    try:
+        return cls(**values)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ptp", description="Parallel Token Prediction for Hugging Face causal LMs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"ptp.commands.{module_name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"ptp.commands.{module_name}":
+                raise
+            continue
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.configure(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        print(f"ptp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ptp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def alias(command: str):
+    """Entry point factory for the paper's underscore names (``ptp_distill`` = ``ptp distill``)."""
+
+    def entry() -> int:
+        return main([command, *sys.argv[1:]])
+
+    return entry
+
+
+ptp_distill = alias("distill")
+ptp_pregenerate = alias("pregenerate")
+ptp_train = alias("train")
+ptp_generate = alias("generate")
+ptp_bench = alias("bench")
+
+if __name__ == "__main__":
+    sys.exit(main())

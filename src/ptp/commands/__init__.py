@@ -1,0 +1,1 @@
+"""One module per `ptp` subcommand: HELP, configure(parser), run(args)."""
