@@ -51,3 +51,40 @@ class SamplingConfig:
         if unknown:
             raise ValueError(f"unknown sampling keys {sorted(unknown)}: use temperature, top_k, top_p")
         return cls(**data)
+
+
+@dataclass
+class DecodeConfig:
+    """How ``ptp generate`` decodes (the sampling distribution itself is ``SamplingConfig``).
+
+    Attributes:
+        strategy: pqd (Partial Quadratic Decoding, default), verify (Algorithm 1), ar (plain
+            one-token-per-call decoding, the baseline) or pld (prompt lookup baseline).
+        max_new_tokens: stop after this many generated tokens (or at the first EOS).
+        max_rows: cap on rows computed per call by pqd; unset: chosen from the measured cost curve.
+        draft_length: draft slots per window, at most the student's N; unset: N.
+        seed: seed of the auxiliary variables u; unset: a fresh random seed (printed with --json).
+        dtype: float32, bfloat16 or float64 for the model weights and activations.
+    """
+
+    strategy: str = "pqd"
+    max_new_tokens: int = 256
+    max_rows: int | None = None
+    draft_length: int | None = None
+    seed: int | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("pqd", "verify", "ar", "pld"):
+            raise ValueError(f"strategy={self.strategy!r} is invalid: use pqd, verify, ar or pld")
+        if int(self.max_new_tokens) < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens!r} is invalid: use an integer >= 1")
+        if self.max_rows is not None and int(self.max_rows) < 2:
+            raise ValueError(f"max_rows={self.max_rows!r} is invalid: use an integer >= 2")
+        if self.draft_length is not None and int(self.draft_length) < 2:
+            raise ValueError(f"draft_length={self.draft_length!r} is invalid: use an integer >= 2")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is invalid: use one of {', '.join(DTYPES)}")
+
+
+DTYPES = ("float32", "bfloat16", "float64")

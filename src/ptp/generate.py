@@ -169,6 +169,8 @@ def make_proposer(model: Any, strategy: str, max_rows: int | None = None, cost: 
     if strategy in ("pqd", "verify"):
         if not isinstance(model, Student):
             raise UserError(f"strategy {strategy!r} needs a PTP student: load one with ptp.Student.from_pretrained, or use strategy='ar'")
+        if num_draft is not None and not 2 <= num_draft <= model.num_draft_tokens:
+            raise UserError(f"draft_length={num_draft} is invalid: use 2..{model.num_draft_tokens} (the student's N)")
         return StudentProposer(num_draft or model.num_draft_tokens, strategy, cost=cost, max_rows=max_rows)
     raise UserError(f"strategy={strategy!r} is invalid: use one of {', '.join(STRATEGIES)}")
 
@@ -222,6 +224,7 @@ def generate(
     seed: int | None = None,
     strategy: str = "pqd",
     max_rows: int | None = None,
+    draft_length: int | None = None,
     cost: CostCurve | None = None,
     proposer: Proposer | None = None,
     on_tokens: Callable[[list[int]], None] | None = None,
@@ -236,6 +239,7 @@ def generate(
             drawn and returned in the result.
         strategy: ``pqd`` (default), ``verify``, ``ar`` or ``pld`` (prompt lookup baseline).
         max_rows: cap on rows per call for ``pqd`` (None: chosen from the cost curve).
+        draft_length: slots per draft window, at most the student's N (None: N).
         cost: cost curve t(k)/t(1) for ``pqd``; measured on the model when None.
         proposer: a custom proposer (overrides ``strategy``'s).
         on_tokens: called with each batch of newly verified tokens (for streaming).
@@ -250,7 +254,7 @@ def generate(
     if proposer is None:
         if strategy == "pqd" and cost is None and max_rows is None:
             cost = cost_curve_for(model)
-        proposer = make_proposer(model, strategy, max_rows=max_rows, cost=cost)
+        proposer = make_proposer(model, strategy, max_rows=max_rows, cost=cost, num_draft=draft_length)
     eos = _eos_ids(model)
 
     state = DecodeState(tokens=ids.tolist(), prompt_len=ids.numel(), max_new_tokens=max_new_tokens)
