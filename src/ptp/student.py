@@ -268,7 +268,7 @@ class Student(nn.Module):
             raise UserError(
                 f"teacher does not match the student in {directory} ({detail}): pass the teacher it was trained on ({config.teacher!r})"
             )
-        student = cls(teacher, config)
+        # Read the weights before wrapping the teacher, so a refused load leaves it untouched.
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise UserError(f"{weights} is missing: copy the whole student directory or retrain")
@@ -276,6 +276,7 @@ class Student(nn.Module):
             state = load_file(str(weights))
         except (SafetensorError, OSError, ValueError) as e:
             raise UserError(f"{weights} is damaged ({e}): restore it or retrain the student") from None
+        student = cls(teacher, config)
         own = student.trainable_state_dict()
         if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
             raise UserError(f"{weights} does not fit this teacher's layers: pass the teacher it was trained on ({config.teacher!r})")
