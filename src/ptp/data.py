@@ -1,0 +1,150 @@
+"""Training data from a dataset: loading it, prompt token ids (completions) and packed text (text modes).
+
+Every problem a user can fix (a missing file, column or chat template, a value of the wrong type)
+is a UserError naming the example or column and the fix.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .experiment import DataConfig
+
+# Builders of datasets.load_dataset for single local files, by extension.
+BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def load_split(dataset: str, split: str) -> Any:
+    """``datasets.load_dataset`` of a local file (builder from its extension), directory or name."""
+    import datasets
+
+    path = Path(dataset).expanduser()
+    if path.is_file():
+        builder = BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise UserError(f"cannot tell the format of {dataset!r}: use a {'/'.join(sorted(BUILDERS))} file")
+        args: tuple[Any, ...] = (builder,)
+        kwargs: dict[str, Any] = {"data_files": str(path)}
+    else:
+        args, kwargs = (str(path) if path.is_dir() else dataset,), {}
+    try:
+        rows = datasets.load_dataset(*args, split=split, **kwargs)
+    except Exception as e:  # datasets raises many unrelated types for unloadable inputs
+        raise UserError(
+            f"cannot load dataset {dataset!r} split {split!r} ({_first_line(e)}): "
+            "pass a local json/jsonl/csv/parquet/txt file or directory, or a dataset name datasets.load_dataset knows"
+        ) from None
+    if len(rows) == 0:
+        raise UserError(f"dataset {dataset!r} split {split!r} is empty: pass a dataset with examples")
+    return rows
+
+
+def load_rows(cfg: DataConfig) -> Any:
+    """The configured split as a ``datasets.Dataset``, shuffled with the seed and limited.
+
+    The order returned here defines the example indices used everywhere else (pregeneration
+    seeds, shards, the validation hold-out), so it depends only on the dataset and ``cfg``.
+    """
+    rows = load_split(cfg.dataset, cfg.split)
+    if cfg.shuffle:
+        rows = rows.shuffle(seed=cfg.seed)
+    if cfg.limit is not None and cfg.limit < len(rows):
+        rows = rows.select(range(cfg.limit))
+    return rows
+
+
+def format_fields(fmt: str) -> list[str]:
+    """Column names a format string reads (``"{q[0]}"`` reads ``q``); a UserError if it is malformed."""
+    try:
+        parsed = list(string.Formatter().parse(fmt))
+    except ValueError as e:
+        raise UserError(f"prompt format {fmt!r} is malformed ({e}): use a Python format string such as 'Q: {{question}}\\nA:'") from None
+    names = []
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        base = name.split(".", 1)[0].split("[", 1)[0]
+        if not base or base.isdigit():
+            raise UserError(f"prompt format {fmt!r} has a positional field {{{name}}}: name a column, e.g. {{question}}")
+        names.append(base)
+    return names
+
+
+def check_columns(cfg: DataConfig, columns: list[str]) -> None:
+    """UserError unless every column ``cfg`` reads (directly or in its format string) exists."""
+    wanted = cfg.columns()
+    if cfg.data_mode == "completions" and cfg.prompt_format is not None:
+        wanted += format_fields(cfg.prompt_format)
+    missing = [c for c in dict.fromkeys(wanted) if c not in columns]
+    if missing:
+        raise UserError(f"dataset {cfg.dataset!r} has no column {', '.join(map(repr, missing))}: use one of {', '.join(columns)}")
+
+
+def is_messages(value: Any) -> bool:
+    """Whether a value looks like chat messages: a list of dicts with role and content."""
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in value)
+
+
+def prompt_text(row: dict[str, Any], index: int, cfg: DataConfig, tokenizer: Any) -> str:
+    """Example ``index``'s prompt as text (chat messages rendered with a generation prompt)."""
+    if cfg.messages_column is not None:
+        messages = row[cfg.messages_column]
+        if not is_messages(messages):
+            raise UserError(f"example {index}: column {cfg.messages_column!r} is not a list of role/content messages: use --prompt-column for plain text")
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise UserError("the teacher's tokenizer has no chat template: use --prompt-column or --prompt-format instead of --messages-column")
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if cfg.prompt_format is not None:
+        try:
+            return cfg.prompt_format.format(**row)
+        except (KeyError, IndexError, AttributeError, TypeError, ValueError) as e:
+            raise UserError(f"example {index}: prompt format {cfg.prompt_format!r} fails ({e!r}): fix the format string") from None
+    value = row[cfg.prompt_column]
+    if not isinstance(value, str):
+        raise UserError(f"example {index}: column {cfg.prompt_column!r} holds {type(value).__name__}, not text: use --messages-column or --prompt-format")
+    return value
+
+
+def prompt_ids(row: dict[str, Any], index: int, cfg: DataConfig, tokenizer: Any) -> list[int]:
+    """Token ids of example ``index``'s prompt, at most ``cfg.max_prompt_tokens`` and never empty."""
+    text = prompt_text(row, index, cfg, tokenizer)
+    # A chat template writes its own special tokens (BOS included); plain prompts get the tokenizer's.
+    ids = list(tokenizer(text, add_special_tokens=cfg.messages_column is None)["input_ids"])
+    if not ids:
+        ids = [_start_token(tokenizer)]
+    if len(ids) > cfg.max_prompt_tokens:
+        # Keep the end the completion continues, and the BOS the teacher was trained to see first.
+        keep_bos = ids[0] == tokenizer.bos_token_id and cfg.max_prompt_tokens > 1
+        ids = ids[:1] + ids[len(ids) - cfg.max_prompt_tokens + 1 :] if keep_bos else ids[-cfg.max_prompt_tokens :]
+    return ids
+
+
+def _start_token(tokenizer: Any) -> int:
+    """The token an empty prompt starts from: BOS, else EOS (the usual document separator)."""
+    for token in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token is not None:
+            return int(token)
+    raise UserError("an example has an empty prompt and the tokenizer has neither BOS nor EOS: remove empty prompts")
+
+
+def text_sequences(rows: Any, cfg: DataConfig, tokenizer: Any) -> list[list[int]]:
+    """Text and inverse modes: all texts tokenized, joined with EOS and cut into ``seq_len`` chunks.
+
+    The last chunk may be shorter (it is kept if it has at least two tokens).
+    """
+    eos = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+    stream: list[int] = []
+    for index, row in enumerate(rows):
+        value = row[cfg.text_column]
+        if not isinstance(value, str):
+            raise UserError(f"example {index}: column {cfg.text_column!r} holds {type(value).__name__}, not text: pick a text column")
+        stream += list(tokenizer(value)["input_ids"]) + eos
+    chunks = [stream[i : i + cfg.seq_len] for i in range(0, len(stream), cfg.seq_len)]
+    return [c for c in chunks if len(c) >= 2]

@@ -1,0 +1,315 @@
+"""``ptp distill`` and ``ptp pregenerate`` end to end on a tiny random Llama and an offline tokenizer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+import ptp.commands.distill as distill_command
+import ptp.pregenerate as pregen
+from ptp.cli import main
+from ptp.config import SamplingConfig
+from ptp.data import load_rows, prompt_ids, text_sequences
+from ptp.errors import UserError
+from ptp.experiment import EXPERIMENT_FILE, DataConfig, Experiment, ModelConfig
+from ptp.models import load_teacher, load_tokenizer
+from ptp.pregenerate import load_shards
+from ptp.sampling import pick, token_interval, warp
+from tiny_models import tiny_teacher
+
+WORDS = "the a cat dog sat ran on under mat tree what where who did why is it Q A : ? .".split()
+SPECIALS = ["<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SAMPLING = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.95"]
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over WORDS (ids below the tiny model's vocabulary) with a chat template."""
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   additional_special_tokens=SPECIALS[3:])
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def rows(n: int = 14) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        words = [WORDS[j] for j in torch.randint(0, 10, (1 + i % 5,), generator=g).tolist()]
+        question = " ".join(words)
+        out.append({"question": question, "answer": "the cat", "text": question + " . the dog ran",
+                    "messages": [{"role": "user", "content": question}]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("assets")
+    tiny_teacher("llama").save_pretrained(root / "teacher")
+    tiny_tokenizer().save_pretrained(root / "teacher")
+    data = root / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows()))
+    return {"model": str(root / "teacher"), "data": str(data)}
+
+
+def distill(assets, directory, *flags) -> int:
+    # The tiny teacher's context (512) is shorter than the default prompt + completion budget.
+    return main(["distill", assets["model"], assets["data"], str(directory), "--max-prompt-tokens", "64", "--val-examples", "2", *flags])
+
+
+@pytest.fixture
+def completions_dir(assets, tmp_path) -> Path:
+    directory = tmp_path / "exp"
+    flags = ["--prompt-format", "Q: {question} ?", "--completion-tokens", "10", "--limit", "11", "--val-examples", "2", *SAMPLING]
+    assert distill(assets, directory, *flags) == 0
+    return directory
+
+
+def run_pregenerate(directory, *flags) -> int:
+    return main(["pregenerate", str(directory), "--no-progress", *flags])
+
+
+# ---------------------------------------------------------------- distill
+
+
+def test_distill_records_every_choice(completions_dir):
+    text = (completions_dir / EXPERIMENT_FILE).read_text()
+    raw = yaml.safe_load(text)
+    assert list(raw) == ["data", "model", "loss", "sampling", "optim", "trainer"]
+    assert raw["data"]["prompt_format"] == "Q: {question} ?" and raw["data"]["data_mode"] == "completions"
+    assert raw["model"]["mode"] == "o-ptp" and raw["model"]["lora_alpha"] == 32.0  # 2 r, made explicit
+    assert raw["sampling"] == {"temperature": 0.9, "top_k": 40, "top_p": 0.95}
+    experiment = Experiment.load(completions_dir)
+    assert experiment.data.completion_tokens == 10 and experiment.data.limit == 11
+    assert experiment.to_dict() == raw
+
+
+def test_distill_refuses_existing_dir(assets, completions_dir, capsys):
+    before = (completions_dir / EXPERIMENT_FILE).read_text()
+    assert distill(assets, completions_dir, "--prompt-column", "question") == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (completions_dir / EXPERIMENT_FILE).read_text() == before
+
+
+def test_distill_default_dir_and_chat_messages(assets, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["distill", assets["model"], assets["data"], "--messages-column", "messages", "--mode", "c-ptp", "--loss", "kl",
+                 "--max-prompt-tokens", "64", "--val-examples", "2"]) == 0
+    assert "next: ptp pregenerate runs/teacher-qa-c-ptp" in capsys.readouterr().out
+    experiment = Experiment.load(tmp_path / "runs" / "teacher-qa-c-ptp")
+    assert experiment.data.messages_column == "messages" and experiment.loss.loss == "kl"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--prompt-column", "nope"], "no column 'nope'"),
+        (["--prompt-format", "Q: {question} {missing}"], "no column 'missing'"),
+        (["--prompt-format", "Q: {}"], "positional field"),
+        (["--prompt-column", "messages"], "not text"),
+        ([], "--prompt-column"),  # no terminal and no prompt source: the flag is named
+        (["--text-column", "text", "--data-mode", "inverse", "--mode", "o-ptp"], "--mode c-ptp"),
+        (["--prompt-column", "question", "--mode", "o-ptp", "--loss", "kl"], "does not fit mode"),
+        (["--prompt-column", "question", "--top-p", "0"], "top_p"),
+        (["--prompt-column", "question", "--val-examples", "14"], "--val-examples"),
+    ],
+)
+def test_distill_user_errors(assets, tmp_path, capsys, flags, message):
+    assert distill(assets, tmp_path / "exp", *flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ptp distill: error:") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "exp").exists()
+
+
+def test_distill_missing_inputs(assets, tmp_path, capsys):
+    assert main(["distill", assets["model"], str(tmp_path / "none.jsonl"), str(tmp_path / "a"), "--prompt-column", "q"]) == 2
+    assert "cannot load dataset" in capsys.readouterr().err
+    assert main(["distill", str(tmp_path / "nomodel"), assets["data"], str(tmp_path / "b"), "--prompt-column", "q"]) == 2
+    assert "nomodel" in capsys.readouterr().err
+
+
+def test_distill_asks_on_a_terminal(assets, tmp_path, monkeypatch):
+    answers = iter(["", "messages", "c-ptp"])  # data mode (default), prompt column, PTP mode
+    monkeypatch.setattr(distill_command, "_interactive", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    assert distill(assets, tmp_path / "exp") == 0
+    experiment = Experiment.load(tmp_path / "exp")
+    assert experiment.data.data_mode == "completions" and experiment.data.messages_column == "messages"
+    assert experiment.model.mode == "c-ptp"
+
+
+def test_experiment_load_errors(completions_dir, tmp_path):
+    with pytest.raises(UserError, match="not a directory"):
+        Experiment.load(tmp_path / "missing")
+    with pytest.raises(UserError, match="no experiment.yaml"):
+        Experiment.load(tmp_path)
+    raw = yaml.safe_load((completions_dir / EXPERIMENT_FILE).read_text())
+    for edit, message in [
+        (lambda r: r["data"].update(colour=1), "unknown keys \\['colour'\\]"),
+        (lambda r: r.update(extra={}), "unknown sections \\['extra'\\]"),
+        (lambda r: r["optim"].update(lr="fast"), "optim.lr = 'fast' is invalid"),
+        (lambda r: r["model"].update(mode="x-ptp"), "mode='x-ptp' is invalid"),
+        (lambda r: r.pop("model"), "lacks sections \\['model'\\]"),
+    ]:
+        broken = json.loads(json.dumps(raw))
+        edit(broken)
+        (completions_dir / EXPERIMENT_FILE).write_text(yaml.safe_dump(broken))
+        with pytest.raises(UserError, match=message):
+            Experiment.load(completions_dir)
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_prompts_and_text_sequences(assets):
+    tokenizer = load_tokenizer(assets["model"])
+    cfg = DataConfig(dataset=assets["data"], messages_column="messages", max_prompt_tokens=4, shuffle=False)
+    row = rows()[4]
+    full = tokenizer(tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True, tokenize=False),
+                     add_special_tokens=False)["input_ids"]
+    assert full[0] == tokenizer.bos_token_id and full[-1] == tokenizer.convert_tokens_to_ids("<|assistant|>")
+    assert prompt_ids(row, 4, cfg, tokenizer) == full[:1] + full[-3:]  # BOS kept, the end kept
+    text = DataConfig(dataset=assets["data"], data_mode="text", text_column="text", seq_len=7, shuffle=False)
+    chunks = text_sequences(load_rows(text), text, tokenizer)
+    stream = sum((tokenizer(r["text"])["input_ids"] + [tokenizer.eos_token_id] for r in rows()), [])
+    assert sum(chunks, []) == stream and all(len(c) == 7 for c in chunks[:-1])
+
+
+# ---------------------------------------------------------------- pregenerate
+
+
+def test_pregenerate_stores_genuine_teacher_samples(completions_dir, assets):
+    assert run_pregenerate(completions_dir, "--batch-size", "4", "--shard-size", "4") == 0
+    experiment = Experiment.load(completions_dir)
+    examples = load_shards(completions_dir)
+    assert [e["example"] for e in examples] == list(range(11))
+    tokenizer = load_tokenizer(assets["model"])
+    teacher = load_teacher(assets["model"])
+    data_rows = load_rows(experiment.data)
+    for e in examples:
+        tokens, p = e["tokens"], e["prompt_len"]
+        assert tokens[:p].tolist() == prompt_ids(data_rows[e["example"]], e["example"], experiment.data, tokenizer)
+        completion = tokens[p:]
+        assert 1 <= len(completion) <= 10
+        assert 1 not in completion[:-1].tolist()  # sampling stops at EOS (id 1), which is kept
+        assert e["lo"][:p].isnan().all() and e["hi"][:p].isnan().all()
+        with torch.no_grad():
+            logits = teacher(tokens[None, :-1]).logits[0, p - 1 :]  # unpadded, no cache
+        probs = warp(logits, experiment.sampling)
+        lo, hi = e["lo"][p:], e["hi"][p:]
+        assert (lo < hi).all()
+        ref_lo, ref_hi = token_interval(probs, completion)
+        torch.testing.assert_close(lo, ref_lo, atol=1e-6, rtol=0)
+        torch.testing.assert_close(hi, ref_hi, atol=1e-6, rtol=0)
+        for u in (lo + 1e-3 * (hi - lo), (lo + hi) / 2, hi - 1e-3 * (hi - lo)):
+            assert torch.equal(pick(u, probs), completion)
+    # A complete run is not repeated.
+    assert run_pregenerate(completions_dir) == 0
+
+
+def equal_data(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(
+        x["example"] == y["example"] and x["prompt_len"] == y["prompt_len"] and torch.equal(x["tokens"], y["tokens"])
+        and torch.allclose(x["lo"], y["lo"], atol=1e-6, equal_nan=True) and torch.allclose(x["hi"], y["hi"], atol=1e-6, equal_nan=True)
+        for x, y in zip(a, b)
+    )
+
+
+def clone(directory: Path, name: str) -> Path:
+    copy = directory.parent / name
+    copy.mkdir()
+    shutil.copy(directory / EXPERIMENT_FILE, copy / EXPERIMENT_FILE)
+    return copy
+
+
+def test_pregenerate_is_deterministic_and_resumable(completions_dir, monkeypatch):
+    reference = clone(completions_dir, "reference")
+    assert run_pregenerate(reference, "--batch-size", "5", "--shard-size", "11") == 0
+    expected = load_shards(reference)
+
+    # Interrupted (Ctrl-C) while sampling the third batch: two shards of two examples are kept.
+    real_sample = pregen.sample_completions
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(pregen, "sample_completions", interrupted)
+    assert run_pregenerate(completions_dir, "--batch-size", "2", "--shard-size", "2") == 130
+    index = json.loads((completions_dir / "data" / "index.json").read_text())
+    assert index["done"] == 4 and not index["complete"]
+    with pytest.raises(UserError, match="stopped at example 4 of 11"):
+        load_shards(completions_dir)
+
+    # Killed between writing a shard and the index: the shard is unlisted and written again.
+    monkeypatch.setattr(pregen, "sample_completions", real_sample)
+    real_write_json = pregen.write_json
+
+    def killed(*args, **kwargs):
+        monkeypatch.setattr(pregen, "write_json", real_write_json)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pregen, "write_json", killed)
+    assert run_pregenerate(completions_dir, "--batch-size", "1", "--shard-size", "3") == 130
+    assert json.loads((completions_dir / "data" / "index.json").read_text())["done"] == 4
+
+    # A changed sampling configuration cannot continue someone else's data.
+    experiment = Experiment.load(completions_dir)
+    changed = clone(completions_dir, "changed")
+    shutil.copytree(completions_dir / "data", changed / "data")
+    Experiment(**{**vars(experiment), "sampling": SamplingConfig(temperature=0.5)}).save(changed)
+    with pytest.raises(UserError, match="another configuration"):
+        pregen.pregenerate(changed, pregen.PregenerateConfig(progress=False))
+
+    assert run_pregenerate(completions_dir, "--batch-size", "3", "--shard-size", "3") == 0
+    assert equal_data(load_shards(completions_dir), expected)
+    assert sorted(p.name for p in (completions_dir / "data").iterdir()) == [
+        "index.json", *[f"shard-{i:05d}.safetensors" for i in range(5)]]
+
+
+def test_pregenerate_text_mode_needs_nothing(assets, tmp_path, capsys):
+    directory = tmp_path / "text"
+    assert distill(assets, directory, "--data-mode", "text", "--text-column", "text") == 0
+    capsys.readouterr()
+    assert run_pregenerate(directory) == 0
+    assert "nothing to pregenerate" in capsys.readouterr().out
+    assert not (directory / "data").exists()
+    assert run_pregenerate(tmp_path / "nowhere") == 2
+
+
+def test_model_config_validates_student_fields(assets):
+    with pytest.raises(UserError, match="num_draft_tokens"):
+        ModelConfig(teacher=assets["model"], num_draft_tokens=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gpt_neox"])
+def test_batched_sampling_matches_the_unpadded_teacher(arch):
+    """Left padding, position ids and the KV cache leave every row's distributions as if it were alone."""
+    teacher = tiny_teacher(arch)
+    sampling = SamplingConfig(temperature=0.8, top_k=30)
+    prompts = [[0, 5, 9, 13, 7, 21], [0, 3], [0, 8, 8, 8]]
+    u = torch.rand(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for prompt, row_u, (completion, lo, hi) in zip(prompts, u, pregen.sample_completions(teacher, prompts, u, sampling, {1})):
+        tokens = torch.tensor(prompt + completion.tolist())
+        with torch.no_grad():
+            probs = warp(teacher(tokens[None, :-1]).logits[0, len(prompt) - 1 :], sampling)
+        assert torch.equal(pick(row_u[: len(completion)], probs), completion)
+        ref_lo, ref_hi = token_interval(probs, completion)
+        torch.testing.assert_close((lo, hi), (ref_lo, ref_hi), atol=1e-6, rtol=0)
