@@ -1,0 +1,295 @@
+"""The PTP training step, independent of any trainer framework.
+
+* Distillation (Alg. 2): the teacher's distributions over a training sequence give, for every token,
+  the interval of u that makes the teacher pick it (Eq. 9, ``teacher_targets``); a u is drawn in
+  each interval (App. D) and the student's draft slots learn to reproduce the tokens (O-PTP, C-PTP:
+  Eqs. 10-11) or the teacher's distributions (C-PTP: Eq. 12).
+* Inverse autoregressive training (Alg. 3, C-PTP only): the u are extracted from the student's own
+  distributions, one slot at a time (``inverse_autoregressive_u``), so no teacher is needed.
+
+In ptp the teacher is the student with its gate off: the token rows of a training forward are
+exact teacher rows, so the teacher distributions of Eq. (12) come from the same forward call as the
+student's slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .config import SamplingConfig
+from .losses import get_loss
+from .masks import training_layout
+from .metrics import num_accepted, num_correct
+from .sampling import pick, sample_in_interval, token_interval, warp
+from .student import Student
+
+__all__ = [
+    "TeacherTargets",
+    "teacher_targets",
+    "sample_from_teacher",
+    "sample_starts",
+    "window_positions",
+    "gather_windows",
+    "draft_inputs",
+    "inverse_autoregressive_u",
+    "PTPObjective",
+]
+
+
+class TeacherTargets(NamedTuple):
+    """Per-token teacher facts of a batch of sequences.
+
+    Attributes:
+        lo, hi: ``(B, T)`` float64, the u-interval ``[lo, hi)`` that picks each token (Eq. 9).
+            Position 0 has no teacher distribution: ``[0, 1)``, and it is never a window target.
+        probs: ``(B, T, V)`` float64 warped teacher distributions Q (NaN at position 0), or None.
+    """
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    probs: torch.Tensor | None
+
+
+@torch.no_grad()
+def teacher_targets(
+    student: Student, tokens: torch.Tensor, sampling: SamplingConfig, with_probs: bool = False
+) -> TeacherTargets:
+    """One gate-off forward (the teacher) over ``(B, T)`` tokens -> their u-intervals (Eq. 9).
+
+    ``Q_k = warp(logits at k - 1)`` is the distribution the teacher samples token k from.
+    """
+    probs = warp(student(tokens).logits[:, :-1], sampling)  # (B, T-1, V): Q_1 .. Q_{T-1}
+    lo, hi = token_interval(probs, tokens[:, 1:])
+    lo = F.pad(lo, (1, 0), value=0.0)
+    hi = F.pad(hi, (1, 0), value=1.0)
+    return TeacherTargets(lo, hi, F.pad(probs, (0, 0, 1, 0), value=float("nan")) if with_probs else None)
+
+
+@torch.no_grad()
+def sample_from_teacher(
+    student: Student,
+    prompts: torch.Tensor,
+    n_new: int,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Batched autoregressive sampling from the teacher with ``pick(u, warp(logits))`` (Eqs. 1-2).
+
+    Args:
+        prompts: ``(B, P)`` token ids, ``P >= 1``, all of the same length.
+        n_new: tokens to append.
+        generator: draws ``u ~ U[0, 1)`` on the student's device.
+    Returns:
+        ``(B, P + n_new)`` the prompts followed by the samples (fixed length: EOS does not stop it).
+    """
+    tokens = prompts.to(student.device)
+    out = student(tokens, use_cache=True)
+    for step in range(n_new):
+        u = torch.rand(tokens.shape[0], dtype=torch.float64, generator=generator, device=tokens.device)
+        new = pick(u, warp(out.logits[:, -1], sampling))
+        tokens = torch.cat([tokens, new[:, None]], dim=1)
+        if step + 1 < n_new:
+            out = student(new[:, None], past_key_values=out.past_key_values, use_cache=True)
+    return tokens
+
+
+def sample_starts(
+    batch: int,
+    seq_len: int,
+    windows: int,
+    num_draft: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """``(B, W)`` window starts, uniform in ``[1, seq_len - num_draft]``.
+
+    Each window needs at least one context token before it and ``num_draft`` tokens to predict.
+    """
+    if seq_len < num_draft + 1:
+        raise ValueError(
+            f"sequences of {seq_len} tokens are too short for {num_draft} draft tokens: "
+            f"use sequences of at least {num_draft + 1} tokens or fewer draft tokens"
+        )
+    return torch.randint(1, seq_len - num_draft + 1, (batch, windows), generator=generator, device=device)
+
+
+def window_positions(starts: torch.Tensor, num_draft: int) -> torch.Tensor:
+    """``(B, W)`` starts -> ``(B, W, N)`` positions of the tokens each window predicts."""
+    return starts[..., None] + torch.arange(num_draft, device=starts.device)
+
+
+def gather_windows(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``(B, T, ...)`` per-token values at ``(B, W, N)`` positions -> ``(B, W, N, ...)``."""
+    batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
+    return x[batch, positions.to(x.device)]
+
+
+def draft_inputs(
+    student: Student, tokens: torch.Tensor, starts: torch.Tensor, token_u: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Keyword arguments of ``student(...)`` for tokens followed by W windows of N draft slots.
+
+    Args:
+        tokens: ``(B, T)`` token ids (token rows, gate off).
+        starts: ``(B, W)`` window starts (see ``training_layout``).
+        token_u: ``(B, W, N)`` u of the tokens each window predicts (NaN where not known yet);
+            ``student.slot_u`` turns them into the u each slot carries for the student's mode.
+    Returns:
+        ``input_ids``, ``draft``, ``u``, ``position_ids``, ``visible``, rows ``T + W * N`` long.
+    """
+    b, t = tokens.shape
+    w, n = token_u.shape[1:]
+    visible, position_ids, draft = training_layout(t, starts.cpu(), n)
+    device = tokens.device
+    token_rows_u = torch.full((b, t), float("nan"), dtype=torch.float64, device=device)
+    return {
+        "input_ids": F.pad(tokens, (0, w * n)),  # ids of draft rows are ignored
+        "draft": draft.to(device),
+        "u": torch.cat([token_rows_u, student.slot_u(token_u).flatten(1).to(device)], dim=1),
+        "position_ids": position_ids.to(device),
+        "visible": visible.to(device),
+    }
+
+
+def _forward(
+    student: Student, tokens: torch.Tensor, starts: torch.Tensor, token_u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training-layout call -> token-row logits ``(B, T, V)`` and slot logits ``(B, W, N, V)``."""
+    t = tokens.shape[1]
+    logits = student(**draft_inputs(student, tokens, starts, token_u)).logits
+    return logits[:, :t], logits[:, t:].unflatten(1, token_u.shape[1:])
+
+
+@torch.no_grad()
+def inverse_autoregressive_u(
+    student: Student,
+    tokens: torch.Tensor,
+    starts: torch.Tensor,
+    beta: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Algorithm 3: u of every window token from the student's own distributions, slot by slot.
+
+    For ``k = 0 .. N-1``, slot k's distribution ``P_k = softmax(logits)`` given ``u_0 .. u_{k-1}``
+    (extracted in the previous steps) yields the interval of ``u_k`` that picks the data token
+    (Eq. 9), in which ``u_k`` is drawn with Beta(beta, beta) (App. D). N forward calls of the full
+    training layout, so that the final training forward computes the very same slot logits (slots
+    after k cannot influence slot k, whatever u they carry).
+
+    Args:
+        tokens: ``(B, T)`` data tokens; starts: ``(B, W)`` window starts.
+    Returns:
+        ``(B, W, N)`` float64 u with ``pick(u_k, P_k) == t_k`` for every slot.
+    """
+    if student.mode == "o-ptp":
+        raise ValueError("inverse autoregressive training needs a distribution per slot: use mode c-ptp (or mtp)")
+    n = student.num_draft_tokens
+    targets = gather_windows(tokens, window_positions(starts, n))
+    token_u = torch.full(targets.shape, float("nan"), dtype=torch.float64, device=tokens.device)
+    for k in range(n):
+        _, slot_logits = _forward(student, tokens, starts, token_u)
+        # float64 softmax, exactly as Student.draft_tokens, so the picks agree bit for bit.
+        lo, hi = token_interval(slot_logits[:, :, k].to(torch.float64).softmax(-1), targets[:, :, k])
+        token_u[:, :, k] = sample_in_interval(lo, hi, beta, generator)
+    return token_u
+
+
+@dataclass
+class PTPObjective:
+    """Loss and metrics of one training batch (Alg. 2, or Alg. 3 with ``inverse_autoregressive``).
+
+    Attributes:
+        loss: ``ce`` (Eqs. 10-11), ``kl``, ``rev-kl`` or ``bce`` (Eq. 12, Tables 4-5). O-PTP's
+            target is the one-hot of the token; C-PTP and MTP distributional losses target the
+            teacher's warped distribution Q.
+        beta: u is drawn in its interval as ``lo + Beta(beta, beta) (hi - lo)`` (App. D).
+        windows: W, draft windows per sequence (each N slots, sharing the sequence's forward).
+        sampling: the teacher's sampling distribution (temperature, top-k, top-p) of Eq. (1).
+        inverse_autoregressive: extract u from the student itself (Alg. 3) instead of the teacher.
+    """
+
+    loss: str = "ce"
+    beta: float = 1.0
+    windows: int = 4
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    inverse_autoregressive: bool = False
+
+    def __post_init__(self) -> None:
+        get_loss(self.loss)
+        if not self.beta > 0:
+            raise ValueError(f"beta={self.beta!r} is invalid: use a value > 0 (1 draws u uniformly)")
+        if int(self.windows) != self.windows or self.windows < 1:
+            raise ValueError(f"windows={self.windows!r} is invalid: use an integer >= 1")
+
+    def __call__(
+        self,
+        student: Student,
+        tokens: torch.Tensor,
+        lo: torch.Tensor | None = None,
+        hi: torch.Tensor | None = None,
+        starts: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss (with gradient for the student's adapter) and float metrics of a batch.
+
+        Args:
+            student: the student; its mode selects O-PTP, C-PTP or MTP (App. H: C-PTP's loss with
+                uninformative u, which ``Student.slot_u`` provides).
+            tokens: ``(B, T)`` training sequences.
+            lo, hi: ``(B, T)`` precomputed u-intervals (``teacher_targets``); computed if None.
+                Ignored with ``inverse_autoregressive``.
+            starts: ``(B, W)`` window starts; drawn uniformly if None.
+            generator: for starts and u.
+        Returns:
+            ``(loss, {"loss", "correct", "accepted"})``: #correct (Eq. 16) and #accepted (Eq. 17)
+            averaged over windows, comparing the student's draft with the teacher's picks under
+            the same u.
+        """
+        if (lo is None) != (hi is None):
+            raise ValueError("pass both lo and hi (from teacher_targets) or neither")
+        n = student.num_draft_tokens
+        tokens = tokens.to(student.device)
+        if starts is None:
+            starts = sample_starts(tokens.shape[0], tokens.shape[1], self.windows, n, generator, tokens.device)
+        positions = window_positions(starts.to(tokens.device), n)
+        window_tokens = gather_windows(tokens, positions)  # (B, W, N)
+
+        if self.inverse_autoregressive:
+            token_u = inverse_autoregressive_u(student, tokens, starts, self.beta, generator)
+            valid = torch.ones_like(window_tokens, dtype=torch.bool)
+        else:
+            if lo is None:
+                lo, hi, _ = teacher_targets(student, tokens, self.sampling)
+            lo_w = gather_windows(lo.to(tokens.device), positions)
+            hi_w = gather_windows(hi.to(tokens.device), positions)
+            token_u = sample_in_interval(lo_w, hi_w, self.beta, generator)
+            # A token the teacher cannot pick (empty interval) has no u encoding it: it and the
+            # rest of its window, which would condition on that u, are left out.
+            valid = (hi_w > lo_w).long().cumprod(-1).bool()
+
+        token_logits, slot_logits = _forward(student, tokens, starts, token_u)
+        needs_q = self.inverse_autoregressive or (self.loss != "ce" and student.mode != "o-ptp")
+        # Q_k from token row k - 1 of the same call: gate-off rows are exact teacher rows.
+        q = warp(gather_windows(token_logits.detach(), positions - 1), self.sampling) if needs_q else None
+
+        if self.loss == "ce":
+            target = window_tokens
+        elif student.mode == "o-ptp":
+            target = F.one_hot(window_tokens, slot_logits.shape[-1]).to(torch.float64)
+        else:
+            target = q
+        loss, metrics = get_loss(self.loss)(slot_logits.flatten(1, 2), target.flatten(1, 2), valid.flatten(1))
+
+        # Teacher's tokens under the same u. Distillation: the window's own tokens by construction
+        # (-1, never matched, where the teacher cannot pick them). Inverse autoregressive: the u
+        # come from the student, so ask the teacher; its context is right up to the first miss,
+        # which is all Eq. (16) looks at.
+        teacher_tokens = pick(token_u, q) if self.inverse_autoregressive else torch.where(valid, window_tokens, -1)
+        correct = num_correct(student.draft_tokens(slot_logits.detach(), token_u), teacher_tokens)
+        metrics["correct"] = float(correct.double().mean())
+        metrics["accepted"] = float(num_accepted(correct, n).double().mean())
+        return loss, metrics
