@@ -1,0 +1,42 @@
+"""``ptp train DIR``: train an experiment's student with PyTorch Lightning (resumes automatically)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from ..cli import dataclass_arguments
+from ..experiment import OptimConfig, TrainerConfig
+from ..train import train
+
+HELP = "Train the student of experiment DIR (Lightning; Ctrl-C saves, rerunning resumes) into DIR/student."
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", metavar="DIR", help="experiment directory written by ptp distill (and ptp pregenerate)")
+    dataclass_arguments(parser, OptimConfig, group="optimisation (overrides experiment.yaml)")
+    dataclass_arguments(parser, TrainerConfig, group="trainer (overrides experiment.yaml)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or model summary")
+
+
+def _flags(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of ``cls`` set on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    result = train(args.dir, optim=_flags(OptimConfig, args), trainer=_flags(TrainerConfig, args), progress=not args.no_progress)
+    if result.rank != 0:  # other processes of a multi-process run stay quiet
+        return 130 if result.status == "interrupted" else 0
+    if result.status == "interrupted":
+        where = f"saved {result.checkpoint}" if result.checkpoint else "no checkpoint yet"
+        print(f"ptp train: stopped at step {result.step} of {result.steps} ({where}); rerun ptp train {args.dir} to resume",
+              file=sys.stderr)
+        return 130
+    summary = ", ".join(f"{name} {result.metrics[key]:.3f}" for name, key in
+                        (("validation #correct", "val/correct"), ("#accepted", "val/accepted")) if key in result.metrics)
+    print(f"{result.student}: trained {result.steps} steps" + (f"; {summary}" if summary else ""))
+    print(f'next: ptp generate {args.dir} "PROMPT"')
+    return 0

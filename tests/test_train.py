@@ -1,0 +1,217 @@
+"""``ptp train`` on a tiny random Llama: outputs, exact resume after Ctrl-C, damaged checkpoints, errors."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from safetensors.torch import load_file
+
+from ptp.cli import main
+from ptp.experiment import EXPERIMENT_FILE
+from ptp.student import WEIGHTS_NAME
+from ptp.train import DamagedCheckpoint, read_checkpoint, train
+from test_distill_pregenerate import rows, tiny_tokenizer
+from tiny_models import tiny_teacher
+
+# Small enough for ~1 s per run: 4 draft tokens, rank-4 LoRA, 4 sequences per step.
+RUN = ["--num-draft-tokens", "4", "--lora-rank", "4", "--batch-size", "4", "--steps", "6", "--val-every", "3",
+       "--checkpoint-every", "2", "--val-windows", "16", "--warmup-steps", "2", "--lr", "1e-2"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("train-assets")
+    tiny_teacher("llama").save_pretrained(root / "teacher")
+    tiny_tokenizer().save_pretrained(root / "teacher")
+    (root / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(30)))
+    return {"model": str(root / "teacher"), "data": str(root / "qa.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def pregenerated(assets, tmp_path_factory) -> Path:
+    """An O-PTP completions experiment with its data, made once; tests train copies of it."""
+    directory = tmp_path_factory.mktemp("pregenerated") / "exp"
+    assert main(["distill", assets["model"], assets["data"], str(directory), "--prompt-format", "Q: {question} ?",
+                 "--completion-tokens", "12", "--max-prompt-tokens", "64", "--val-examples", "4", *RUN]) == 0
+    assert main(["pregenerate", str(directory), "--no-progress"]) == 0
+    return directory
+
+
+@pytest.fixture
+def experiment(pregenerated, tmp_path) -> Path:
+    directory = tmp_path / "exp"
+    directory.mkdir()
+    shutil.copy(pregenerated / EXPERIMENT_FILE, directory / EXPERIMENT_FILE)
+    shutil.copytree(pregenerated / "data", directory / "data")
+    return directory
+
+
+def run_train(directory: Path, *flags: str) -> int:
+    return main(["train", str(directory), "--no-progress", *flags])
+
+
+def student_weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "student" / WEIGHTS_NAME))
+
+
+def metrics(directory: Path, version: int = 0) -> list[dict[str, str]]:
+    """Rows of a run's metrics.csv (none if that run logged nothing before it was interrupted)."""
+    path = directory / "logs" / f"version_{version}" / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_writes_student_metrics_and_checkpoints(experiment, capsys):
+    assert run_train(experiment) == 0
+    assert "trained 6 steps; validation #correct" in capsys.readouterr().out
+    assert set(student_weights(experiment)) and (experiment / "student" / "ptp_student.json").is_file()
+
+    rows_ = metrics(experiment)
+    val = [(int(r["step"]), float(r["val/correct"])) for r in rows_ if r["val/correct"]]
+    assert [step for step, _ in val] == [2, 5]  # every 3 steps (0-based), the last one included
+    assert any(r["train/correct"] for r in rows_) and all(0 <= c <= 4 for _, c in val)
+
+    checkpoints = experiment / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt", "step-00000004.ckpt", "step-00000006.ckpt"]
+    best = read_checkpoint(checkpoints / "best.ckpt")
+    assert best["global_step"] == max(val, key=lambda v: (v[1], -v[0]))[0] + 1  # first step reaching the best
+    last = read_checkpoint(checkpoints / "last.ckpt")
+    assert last["global_step"] == 6
+    # Only the trainable weights: the frozen teacher is not copied into every checkpoint.
+    assert set(last["state_dict"]) == {f"student.{k}" for k in student_weights(experiment)}
+
+    # A finished run is not repeated: the rerun restores step 6 and writes the same student.
+    before = student_weights(experiment)
+    assert run_train(experiment) == 0
+    assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == 6
+    after = student_weights(experiment)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class Interrupt(Callback):
+    """Simulates Ctrl-C after ``step`` steps: a real SIGINT, or a bare KeyboardInterrupt."""
+
+    def __init__(self, step: int, signal_: bool) -> None:
+        self.step, self.signal = step, signal_
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            if self.signal:
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                raise KeyboardInterrupt
+
+
+def test_interrupted_runs_resume_to_the_uninterrupted_weights(experiment, tmp_path, capsys, monkeypatch):
+    reference = tmp_path / "reference"
+    shutil.copytree(experiment, reference)
+    assert run_train(reference) == 0
+    expected = student_weights(reference)
+
+    # Ctrl-C (a real SIGINT) during the end of step 2: the flag is read at the next step
+    # boundary, so step 3 completes, last.ckpt holds step 3 and the command exits with 130.
+    monkeypatch.setattr("ptp.commands.train.train", functools.partial(train, callbacks=[Interrupt(2, signal_=True)]))
+    assert run_train(experiment) == 130
+    assert "stopped at step 3 of 6" in capsys.readouterr().err
+    assert read_checkpoint(experiment / "checkpoints" / "last.ckpt")["global_step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Lightning's SIG_IGN undone
+    monkeypatch.undo()
+
+    # A bare KeyboardInterrupt (not through ptp's handler) after step 5: saved at step 5.
+    result = train(experiment, progress=False, callbacks=[Interrupt(5, signal_=False)])
+    assert result.status == "interrupted" and result.step == 5 and result.resumed_from.name == "last.ckpt"
+    assert read_checkpoint(experiment / "checkpoints" / "last.ckpt")["global_step"] == 5
+    assert not (experiment / "student").exists()
+
+    assert run_train(experiment) == 0
+    assert "at step 5 of 6" in capsys.readouterr().err
+    got = student_weights(experiment)
+    assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+    # The losses logged by the three partial runs are the reference run's at the same steps.
+    reference_losses = {r["step"]: r["train/loss"] for r in metrics(reference) if r["train/loss"]}
+    logged = [(r["step"], r["train/loss"]) for v in range(3) for r in metrics(experiment, v) if r.get("train/loss")]
+    assert logged and all(reference_losses[step] == loss for step, loss in logged)
+
+
+def test_damaged_checkpoints(experiment, capsys):
+    assert run_train(experiment, "--steps", "4") == 0
+    checkpoints = experiment / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk
+    with pytest.raises(DamagedCheckpoint, match="damaged"):
+        read_checkpoint(last)
+    capsys.readouterr()
+    # Resumes from the newest readable checkpoint instead (step 4, the same state).
+    assert run_train(experiment, "--steps", "6") == 0
+    err = capsys.readouterr().err
+    assert "ignoring" in err and "last.ckpt is damaged" in err and "step-00000004.ckpt at step 4 of 6" in err
+    assert read_checkpoint(last)["global_step"] == 6
+
+    # Checkpoints of another student (here: another LoRA rank) are refused, naming the fix.
+    text = (experiment / EXPERIMENT_FILE).read_text()
+    (experiment / EXPERIMENT_FILE).write_text(text.replace("lora_rank: 4", "lora_rank: 2"))
+    capsys.readouterr()
+    assert run_train(experiment, "--steps", "8") == 2
+    assert "trained with another model configuration" in capsys.readouterr().err
+    (experiment / EXPERIMENT_FILE).write_text(text)
+
+    # Pickled objects are refused (weights_only), never executed.
+    torch.save({"ptp": {"format": "ptp-train-1"}, "evil": Interrupt(1, False)}, checkpoints / "step-00000099.ckpt")
+    with pytest.raises(DamagedCheckpoint, match="damaged"):
+        read_checkpoint(checkpoints / "step-00000099.ckpt")
+    for path in checkpoints.iterdir():
+        path.write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    assert run_train(experiment) == 2
+    err = capsys.readouterr().err
+    *notes, error = err.strip().splitlines()
+    assert len(notes) == 5 and all(n.startswith("ptp train: ignoring") for n in notes)
+    assert error.startswith("ptp train: error: no readable checkpoint") and "to train from scratch" in error
+    assert "Traceback" not in err
+
+
+def test_user_errors(experiment, tmp_path, capsys):
+    cases = [
+        ([str(tmp_path / "missing")], "not a directory"),
+        ([str(tmp_path)], "no experiment.yaml"),
+        ([str(experiment), "--lr", "-1"], "lr=-1.0 is invalid"),
+        ([str(experiment), "--precision", "nonsense"], "--precision"),
+        ([str(experiment), "--logger", "tensorboard"] if not _installed("tensorboard") else [str(experiment), "--logger", "x"],
+         "pip install tensorboard" if not _installed("tensorboard") else "logger"),
+    ]
+    for argv, message in cases:
+        assert main(["train", *argv, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        error = err.strip().splitlines()[-1]  # after notes such as skipped short examples
+        assert error.startswith("ptp train: error:") and message in error and "Traceback" not in err, err
+    shutil.rmtree(experiment / "data")
+    assert run_train(experiment) == 2
+    assert f"has no pregenerated data: run ptp pregenerate {experiment}" in capsys.readouterr().err
+    assert not (experiment / "checkpoints").exists()
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.parametrize(("mode", "loss"), [("o-ptp", "ce"), ("c-ptp", "kl")])
+def test_text_mode_trains_with_teacher_u(assets, tmp_path, mode, loss):
+    directory = tmp_path / "text"
+    assert main(["distill", assets["model"], assets["data"], str(directory), "--data-mode", "text", "--text-column", "text",
+                 "--seq-len", "16", "--val-examples", "2", "--mode", mode, "--loss", loss, *RUN, "--steps", "3"]) == 0
+    result = train(directory, progress=False)
+    assert result.status == "done" and result.step == 3 and 0 <= result.metrics["val/correct"] <= 4
+    assert (directory / "student" / WEIGHTS_NAME).is_file()
