@@ -131,8 +131,9 @@ def test_objective_runs_and_trains_only_the_adapter(mode, loss):
         student, tokens, generator=torch.Generator().manual_seed(0)
     )
     assert torch.isfinite(value) and value.requires_grad
-    assert set(metrics) == {"loss", "correct", "accepted"}
+    assert set(metrics) == {"loss", "correct", "accepted", "decode_accepted"}
     assert 0 <= metrics["correct"] <= N and 1 <= metrics["accepted"] <= N
+    assert 1 <= metrics["decode_accepted"] <= N
     value.backward()
     for module in student.lora_modules():
         assert module.lora_B.grad is not None and torch.isfinite(module.lora_B.grad).all()

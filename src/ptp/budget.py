@@ -31,8 +31,27 @@ class CostCurve:
 
     rows: list[int] = field(default_factory=lambda: [1, 64])
     relative: list[float] = field(default_factory=lambda: [1.0, 1.6])
+    base_seconds: float | None = None  # measured t(1); enables learning from observed calls
+    observed: dict[int, float] = field(default_factory=dict)  # rows -> EMA of t(rows)/t(1) seen in use
 
     def __call__(self, k: int) -> float:
+        """t(k)/t(1): the observed value where calls of k rows were timed, else the measured curve
+        scaled by how far observed calls (mask building, sampling overhead included) exceed it."""
+        if k in self.observed:
+            return self.observed[k]
+        if self.observed:
+            ratios = sorted(v / self._prior(r) for r, v in self.observed.items())
+            return self._prior(k) * ratios[len(ratios) // 2]
+        return self._prior(k)
+
+    def observe(self, k: int, seconds: float, weight: float = 0.3) -> None:
+        """Record the wall time of a real call over k rows (ignored without a measured t(1))."""
+        if self.base_seconds is None or seconds <= 0:
+            return
+        ratio = seconds / self.base_seconds
+        self.observed[k] = ratio if k not in self.observed else (1 - weight) * self.observed[k] + weight * ratio
+
+    def _prior(self, k: int) -> float:
         rows, rel = self.rows, self.relative
         if k <= rows[0]:
             return rel[0]
@@ -58,7 +77,7 @@ class CostCurve:
         rel = [1.0]
         for k in sizes[1:]:  # enforce a non-decreasing curve against timing noise
             rel.append(max(rel[-1], times[k] / base))
-        return cls(list(sizes), rel)
+        return cls(list(sizes), rel, base_seconds=base)
 
 
 class AcceptanceModel:
@@ -105,53 +124,33 @@ class AcceptanceModel:
         self.hits.index_put_((idx, bins), hit, accumulate=True)
 
 
-def allocate(
-    fixed_rows: int,
-    proposal_rates: torch.Tensor,
-    future_rates: torch.Tensor,
-    max_group: int,
-    cost: CostCurve,
-    max_rows: int | None = None,
-    allowed: int | None = None,
-) -> dict[int, int]:
-    """Choose draft groups ``{h: slots}`` for one PQD call.
+@dataclass
+class Allocation:
+    """One PQD call's plan: verify the first ``verify`` proposal tokens, draft ``groups``."""
 
-    Args:
-        fixed_rows: rows the call needs anyway (pending + proposal tokens).
-        proposal_rates: ``(n,)`` acceptance rates of the current proposal's tokens.
-        future_rates: ``(max_group - 1,)`` acceptance rates of tokens a new group would propose
-            (its slot 0 predicts the token the teacher supplies in this very call, so a group of g
-            slots proposes g - 1 tokens).
-        max_group: at most this many slots per group (the student's N).
-        cost: relative call cost curve.
-        max_rows: hard cap on rows per call (None: the cost curve decides alone).
-        allowed: at most this many slots per group (tokens left to generate), None: no cap.
-    Returns:
-        ``{h: g}``: for hypothesis "the first h proposal tokens get accepted", g draft slots.
-    """
-    n = proposal_rates.shape[0]
-    q = proposal_rates.to(torch.float64)
+    verify: int
+    groups: dict[int, int]
+    rate: float  # expected tokens per unit of t(1)
+
+
+def _groups_for_prefix(
+    pending_rows: int, q: torch.Tensor, chain: torch.Tensor, cap: int, cost: CostCurve, max_rows: int | None
+) -> Allocation:
+    """Best draft groups when the first ``len(q)`` proposal tokens are verified."""
+    n = q.shape[0]
     reach = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(q, 0)])  # P(a >= h), h = 0..n
     p_exact = reach - torch.cat([reach[1:], torch.zeros(1, dtype=torch.float64)])  # P(a == h)
-    now = float(reach.sum())  # E[a + 1]: tokens this call yields
-    cap = max_group if allowed is None else min(max_group, allowed)
-    if cap < 2:
-        return {}
-    chain = torch.cumprod(future_rates[: cap - 1].to(torch.float64), 0)  # R_m, m = 1..cap-1
-
+    rows, value = pending_rows + n, float(reach.sum())  # E[a + 1]: tokens this call yields
+    groups: dict[int, int] = {}
+    best = Allocation(n, {}, value / cost(rows))
     # Greedy by gain per row: opening group h costs 2 rows (slot 0 + its first useful slot) and
     # gains P(a=h) R_1; extending a group of g slots by one gains P(a=h) R_g.
-    groups: dict[int, int] = {}
-    best = (now / cost(fixed_rows), dict(groups))
-    rows, value = fixed_rows, now
-    while True:
+    while cap >= 2:
         options = []  # (gain per row, h, rows added)
         for h in range(n + 1):
-            ph = float(p_exact[h])
-            g = groups.get(h, 0)
-            if ph <= 0 or g >= cap:
-                continue
-            options.append((ph * float(chain[0]) / 2, h, 2) if g == 0 else (ph * float(chain[g - 1]), h, 1))
+            ph, g = float(p_exact[h]), groups.get(h, 0)
+            if ph > 0 and g < cap:
+                options.append((ph * float(chain[0]) / 2, h, 2) if g == 0 else (ph * float(chain[g - 1]), h, 1))
         options = [o for o in options if max_rows is None or rows + o[2] <= max_rows]
         if not options:
             break
@@ -159,7 +158,36 @@ def allocate(
         groups[h] = groups.get(h, 0) + extra
         rows += extra
         value += gain * extra
-        rate = value / cost(rows)
-        if rate > best[0]:
-            best = (rate, dict(groups))
-    return best[1]
+        if value / cost(rows) > best.rate:
+            best = Allocation(n, dict(groups), value / cost(rows))
+    return best
+
+
+def allocate(
+    pending_rows: int,
+    proposal_rates: torch.Tensor,
+    future_rates: torch.Tensor,
+    max_group: int,
+    cost: CostCurve,
+    max_rows: int | None = None,
+) -> Allocation:
+    """Plan one PQD call: how much of the proposal to verify and which draft groups to add.
+
+    Args:
+        pending_rows: rows the call needs anyway (accepted tokens not yet in the cache).
+        proposal_rates: ``(n,)`` acceptance rates of the current proposal's tokens.
+        future_rates: ``(max_group - 1,)`` acceptance rates of tokens a new group would propose
+            (its slot 0 predicts the token the teacher supplies in this very call, so a group of g
+            slots proposes g - 1 tokens).
+        max_group: at most this many slots per group (the student's N).
+        cost: relative call cost curve.
+        max_rows: hard cap on rows per call (None: the cost curve decides alone).
+    Returns:
+        The plan maximising expected tokens per unit time; verifying nothing and drafting nothing
+        (a plain autoregressive call) whenever speculation cannot pay.
+    """
+    q = proposal_rates.to(torch.float64)
+    chain = torch.cumprod(future_rates[: max_group - 1].to(torch.float64), 0)  # R_m, m = 1..N-1
+    limit = q.shape[0] if max_rows is None else max(0, min(q.shape[0], max_rows - pending_rows))
+    plans = [_groups_for_prefix(pending_rows, q[:n], chain, max_group, cost, max_rows) for n in range(limit + 1)]
+    return max(plans, key=lambda a: a.rate)

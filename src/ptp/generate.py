@@ -116,8 +116,8 @@ def _step(model: Any, state: DecodeState, proposer: Proposer, u: torch.Tensor, s
           cache: Any) -> tuple[list[int], int, Any]:
     """One call: draft, verify, accept, advance. Returns (accepted tokens, rows, cache)."""
     # ---- draft: lay out pending tokens, the proposal and one slot window per hypothesis
+    groups = proposer.plan(state)  # may shorten state.proposal
     pending, proposal = state.pending, state.proposal
-    groups = proposer.plan(state) if isinstance(model, Student) or not proposer.uses_student else {}
     ids = pending + proposal
     parents = list(range(-1, len(ids) - 1))
     base = state.generated  # generated index of the first token after the pending ones
@@ -275,7 +275,9 @@ def generate(
     start = time.perf_counter()
     out: list[int] = []
     while len(out) < max_new_tokens:
+        call_start = time.perf_counter()
         new, rows, cache = _step(model, state, proposer, u, sampling, cache)
+        proposer.record_call(rows, time.perf_counter() - call_start)
         new = new[: max_new_tokens - len(out)]
         stop = next((i for i, t in enumerate(new) if t in eos), None)
         if stop is not None:

@@ -245,9 +245,10 @@ class PTPObjective:
             starts: ``(B, W)`` window starts; drawn uniformly if None.
             generator: for starts and u.
         Returns:
-            ``(loss, {"loss", "correct", "accepted"})``: #correct (Eq. 16) and #accepted (Eq. 17)
-            averaged over windows, comparing the student's draft with the teacher's picks under
-            the same u.
+            ``(loss, {"loss", "correct", "accepted", "decode_accepted"})``: #correct (Eq. 16) and
+            #accepted (Eq. 17) averaged over windows, comparing the student's draft with the
+            teacher's picks under the same u; ``decode_accepted`` is the tokens per call a
+            single-pass decoder gets from the window (1 + matching prefix of slots 1..N-1).
         """
         if (lo is None) != (hi is None):
             raise ValueError("pass both lo and hi (from teacher_targets) or neither")
@@ -289,7 +290,11 @@ class PTPObjective:
         # come from the student, so ask the teacher; its context is right up to the first miss,
         # which is all Eq. (16) looks at.
         teacher_tokens = pick(token_u, q) if self.inverse_autoregressive else torch.where(valid, window_tokens, -1)
-        correct = num_correct(student.draft_tokens(slot_logits.detach(), token_u), teacher_tokens)
+        drafted = student.draft_tokens(slot_logits.detach(), token_u)
+        correct = num_correct(drafted, teacher_tokens)
         metrics["correct"] = float(correct.double().mean())
         metrics["accepted"] = float(num_accepted(correct, n).double().mean())
+        # What decoding gets per call: slot 0 predicts the token the verifying teacher supplies in
+        # the same call, so only slots 1.. propose; tokens per call = 1 + their matching prefix.
+        metrics["decode_accepted"] = float((1 + num_correct(drafted[..., 1:], teacher_tokens[..., 1:])).double().mean())
         return loss, metrics

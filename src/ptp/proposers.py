@@ -49,6 +49,9 @@ class Proposer:
     def plan(self, state: DecodeState) -> dict[int, int]:
         return {}
 
+    def record_call(self, rows: int, seconds: float) -> None:
+        """Wall time of the call just made (proposers that budget rows learn their cost from it)."""
+
     def observe(self, state: DecodeState, accepted: int, drafts: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Set ``state.proposal``/``state.confidence`` for the next call (default: none)."""
         state.proposal, state.confidence = [], torch.zeros(0, dtype=torch.float64)
@@ -75,6 +78,9 @@ class StudentProposer(Proposer):
         self.max_rows = max_rows
         self.acceptance = acceptance or AcceptanceModel(num_draft)
 
+    def record_call(self, rows: int, seconds: float) -> None:
+        self.cost.observe(rows, seconds)
+
     def _allowed(self, state: DecodeState, h: int) -> int:
         """Slots a group for hypothesis h may have without drafting past max_new_tokens."""
         return state.max_new_tokens - state.generated - h
@@ -85,16 +91,17 @@ class StudentProposer(Proposer):
                 return {}
             g = min(self.num_draft, self._allowed(state, 0))
             return {0: g} if g >= 2 else {}
-        fixed = len(state.pending) + len(state.proposal)
-        groups = allocate(
-            fixed,
+        plan = allocate(
+            len(state.pending),
             self.acceptance.rates(state.confidence),
             self.acceptance.position_rates(self.num_draft),
             self.num_draft,
             self.cost,
             max_rows=self.max_rows,
         )
-        groups = {h: min(g, self._allowed(state, h)) for h, g in groups.items()}
+        # Verifying an unlikely tail of the proposal costs rows and cannot pay: drop it.
+        state.proposal, state.confidence = state.proposal[: plan.verify], state.confidence[: plan.verify]
+        groups = {h: min(g, self._allowed(state, h)) for h, g in plan.groups.items()}
         return {h: g for h, g in groups.items() if g >= 2}
 
     def observe(self, state: DecodeState, accepted: int, drafts: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:

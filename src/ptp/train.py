@@ -275,7 +275,7 @@ class PTPModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         _, metrics = self._step(self.val_objective, batch)
         windows = batch["starts"].numel()
-        for name in ("loss", "correct", "accepted"):
+        for name in ("loss", "correct", "accepted", "decode_accepted"):
             self.log(f"val/{name}", metrics[name], prog_bar=name == "correct", batch_size=windows, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
