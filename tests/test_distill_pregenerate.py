@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
 
 import ptp.commands.distill as distill_command
 import ptp.pregenerate as pregen
@@ -22,48 +20,14 @@ from ptp.experiment import EXPERIMENT_FILE, DataConfig, Experiment, ModelConfig
 from ptp.models import load_teacher, load_tokenizer
 from ptp.pregenerate import load_shards
 from ptp.sampling import pick, token_interval, warp
-from tiny_models import tiny_teacher
+from tiny_models import WORDS, rows, tiny_teacher, tiny_tokenizer, write_assets
 
-WORDS = "the a cat dog sat ran on under mat tree what where who did why is it Q A : ? .".split()
-SPECIALS = ["<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>"]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 SAMPLING = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.95"]
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over WORDS (ids below the tiny model's vocabulary) with a chat template."""
-    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   additional_special_tokens=SPECIALS[3:])
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def rows(n: int = 14) -> list[dict]:
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for i in range(n):
-        words = [WORDS[j] for j in torch.randint(0, 10, (1 + i % 5,), generator=g).tolist()]
-        question = " ".join(words)
-        out.append({"question": question, "answer": "the cat", "text": question + " . the dog ran",
-                    "messages": [{"role": "user", "content": question}]})
-    return out
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("assets")
-    tiny_teacher("llama").save_pretrained(root / "teacher")
-    tiny_tokenizer().save_pretrained(root / "teacher")
-    data = root / "qa.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows()))
-    return {"model": str(root / "teacher"), "data": str(data)}
+    return write_assets(tmp_path_factory.mktemp("assets"), 14)
 
 
 def distill(assets, directory, *flags) -> int:

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from ptp.cli import main
-from test_distill_pregenerate import rows, tiny_tokenizer
-from tiny_models import tiny_teacher
+from tiny_models import write_assets
 
 TRAIN = ["--num-draft-tokens", "4", "--lora-rank", "4", "--batch-size", "4", "--steps", "4", "--val-every", "2",
          "--checkpoint-every", "2", "--val-windows", "8", "--warmup-steps", "1", "--val-examples", "2"]
@@ -17,11 +16,7 @@ TRAIN = ["--num-draft-tokens", "4", "--lora-rank", "4", "--batch-size", "4", "--
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("e2e-assets")
-    tiny_teacher("llama").save_pretrained(root / "teacher")
-    tiny_tokenizer().save_pretrained(root / "teacher")
-    (root / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(20)))
-    return {"model": str(root / "teacher"), "data": str(root / "qa.jsonl")}
+    return write_assets(tmp_path_factory.mktemp("e2e-assets"), 20)
 
 
 def generate_json(directory: Path, capsys) -> dict:

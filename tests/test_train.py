@@ -19,8 +19,7 @@ from ptp.cli import main
 from ptp.experiment import EXPERIMENT_FILE
 from ptp.student import WEIGHTS_NAME
 from ptp.train import DamagedCheckpoint, read_checkpoint, train
-from test_distill_pregenerate import rows, tiny_tokenizer
-from tiny_models import tiny_teacher
+from tiny_models import write_assets
 
 # Small enough for ~1 s per run: 4 draft tokens, rank-4 LoRA, 4 sequences per step.
 RUN = ["--num-draft-tokens", "4", "--lora-rank", "4", "--batch-size", "4", "--steps", "6", "--val-every", "3",
@@ -29,11 +28,7 @@ RUN = ["--num-draft-tokens", "4", "--lora-rank", "4", "--batch-size", "4", "--st
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("train-assets")
-    tiny_teacher("llama").save_pretrained(root / "teacher")
-    tiny_tokenizer().save_pretrained(root / "teacher")
-    (root / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(30)))
-    return {"model": str(root / "teacher"), "data": str(root / "qa.jsonl")}
+    return write_assets(tmp_path_factory.mktemp("train-assets"), 30)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
+    PreTrainedTokenizerFast,
     GPT2Config,
     GPT2LMHeadModel,
     GPTNeoXConfig,
@@ -39,3 +44,42 @@ def tiny_teacher(arch: str = "llama", seed: int = 0, dtype: torch.dtype = torch.
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(8.0)
     return model.to(dtype).eval()
+
+
+# ---------------------------------------------------------------- offline tokenizer and data
+WORDS = "the a cat dog sat ran on under mat tree what where who did why is it Q A : ? .".split()
+SPECIALS = ["<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over WORDS (ids below the tiny model's vocabulary) with a chat template."""
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   additional_special_tokens=SPECIALS[3:])
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def rows(n: int = 14) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        words = [WORDS[j] for j in torch.randint(0, 10, (1 + i % 5,), generator=g).tolist()]
+        question = " ".join(words)
+        out.append({"question": question, "answer": "the cat", "text": question + " . the dog ran",
+                    "messages": [{"role": "user", "content": question}]})
+    return out
+
+
+def write_assets(root: Path, num_rows: int) -> dict[str, str]:
+    """A saved tiny Llama teacher with the tokenizer, and a jsonl dataset of ``num_rows`` rows."""
+    tiny_teacher("llama").save_pretrained(root / "teacher")
+    tiny_tokenizer().save_pretrained(root / "teacher")
+    (root / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(num_rows)))
+    return {"model": str(root / "teacher"), "data": str(root / "qa.jsonl")}

@@ -30,7 +30,6 @@ from .student import Student
 __all__ = [
     "TeacherTargets",
     "teacher_targets",
-    "sample_from_teacher",
     "sample_starts",
     "window_positions",
     "gather_windows",
@@ -70,33 +69,6 @@ def teacher_targets(
 
 
 @torch.no_grad()
-def sample_from_teacher(
-    student: Student,
-    prompts: torch.Tensor,
-    n_new: int,
-    sampling: SamplingConfig,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Batched autoregressive sampling from the teacher with ``pick(u, warp(logits))`` (Eqs. 1-2).
-
-    Args:
-        prompts: ``(B, P)`` token ids, ``P >= 1``, all of the same length.
-        n_new: tokens to append.
-        generator: draws ``u ~ U[0, 1)`` on the student's device.
-    Returns:
-        ``(B, P + n_new)`` the prompts followed by the samples (fixed length: EOS does not stop it).
-    """
-    tokens = prompts.to(student.device)
-    out = student(tokens, use_cache=True)
-    for step in range(n_new):
-        u = torch.rand(tokens.shape[0], dtype=torch.float64, generator=generator, device=tokens.device)
-        new = pick(u, warp(out.logits[:, -1], sampling))
-        tokens = torch.cat([tokens, new[:, None]], dim=1)
-        if step + 1 < n_new:
-            out = student(new[:, None], past_key_values=out.past_key_values, use_cache=True)
-    return tokens
-
-
 def sample_starts(
     batch: int,
     seq_len: int,
