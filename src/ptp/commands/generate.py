@@ -163,10 +163,10 @@ def repl(student: Student, tokenizer: Any, sampling: SamplingConfig, decode: Dec
 def run(args: argparse.Namespace) -> int:
     sampling = dataclass_from_args(SamplingConfig, args)
     decode = dataclass_from_args(DecodeConfig, args)
+    if args.prompt is not None and not args.prompt.strip():
+        raise UserError("PROMPT is empty: pass some text, or omit it for the chat REPL")
     student, tokenizer = load(args, decode)
     if args.prompt is None:
         return repl(student, tokenizer, sampling, decode, args)
-    if not args.prompt.strip():
-        raise UserError("PROMPT is empty: pass some text, or omit it for the chat REPL")
     answer(student, tokenizer, encode(tokenizer, [{"role": "user", "content": args.prompt}], args.raw), sampling, decode, args)
     return 0
