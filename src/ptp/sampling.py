@@ -107,9 +107,11 @@ def sample_in_interval(
         frac = torch.rand(lo.shape, dtype=torch.float64, generator=generator, device=lo.device)
     else:
         # Beta(b, b) as a ratio of Gammas, drawn from the generator for reproducibility.
-        g1 = torch._standard_gamma(torch.full(lo.shape, float(beta), dtype=torch.float64), generator=generator)
-        g2 = torch._standard_gamma(torch.full(lo.shape, float(beta), dtype=torch.float64), generator=generator)
-        frac = (g1 / (g1 + g2)).to(lo.device)
+        # on lo's device, so a generator on that device (CPU or CUDA) drives the draw
+        alpha = torch.full(lo.shape, float(beta), dtype=torch.float64, device=lo.device)
+        g1 = torch._standard_gamma(alpha, generator=generator)
+        g2 = torch._standard_gamma(alpha, generator=generator)
+        frac = g1 / (g1 + g2)
     u = lo + frac * (hi - lo)
     below_hi = torch.nextafter(hi, torch.full_like(hi, -1.0))
     return torch.minimum(torch.maximum(u, lo), torch.maximum(below_hi, lo))
