@@ -47,7 +47,7 @@ import torch
 from .budget import CostCurve
 from .config import SamplingConfig
 from .errors import UserError
-from .masks import tree_layout
+from .masks import additive_mask, tree_layout
 from .proposers import DecodeState, PromptLookupProposer, Proposer, StudentProposer
 from .sampling import draw_uniform, pick, warp
 from .student import Student
@@ -104,8 +104,6 @@ def _forward(model: Any, ids: list[int], parents: list[int], draft: torch.Tensor
         out = model(input_ids, draft=draft.unsqueeze(0).to(device), u=slot_u.unsqueeze(0).to(device),
                     position_ids=position_ids, visible=vis, past_key_values=cache, use_cache=True)
     else:
-        from .masks import additive_mask
-
         mask = None if vis is None else additive_mask(vis, model.get_input_embeddings().weight.dtype)
         out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
                     past_key_values=cache, use_cache=True)

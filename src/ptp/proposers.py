@@ -7,7 +7,7 @@ A proposer answers two questions for the shared verifier in ``ptp.generate``:
 * ``observe(state, accepted, drafts)``: after verification, the next proposal (token ids and
   per-token confidence), typically the drafts of the group whose hypothesis came true.
 
-``AutoregressiveProposer`` proposes nothing (plain decoding), ``StudentProposer`` drafts with a PTP
+``Proposer`` itself proposes nothing (plain decoding), ``StudentProposer`` drafts with a PTP
 or MTP student in the same forward pass that verifies, ``PromptLookupProposer`` copies n-grams
 from the context (no draft rows).
 """
@@ -44,8 +44,6 @@ class DecodeState:
 class Proposer:
     """Plain decoding: no drafts, one token per call."""
 
-    uses_student = False
-
     def plan(self, state: DecodeState) -> dict[int, int]:
         return {}
 
@@ -57,9 +55,6 @@ class Proposer:
         state.proposal, state.confidence = [], torch.zeros(0, dtype=torch.float64)
 
 
-AutoregressiveProposer = Proposer
-
-
 class StudentProposer(Proposer):
     """Drafts with the student's gated draft slots; ``policy`` is ``verify`` or ``pqd``.
 
@@ -67,8 +62,6 @@ class StudentProposer(Proposer):
     verifies the proposal. ``pqd``: every call verifies the proposal and drafts for the acceptance
     hypotheses chosen by ``ptp.budget.allocate``.
     """
-
-    uses_student = True
 
     def __init__(self, num_draft: int, policy: str = "pqd", cost: CostCurve | None = None, max_rows: int | None = None,
                  acceptance: AcceptanceModel | None = None) -> None:
