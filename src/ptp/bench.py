@@ -1,0 +1,329 @@
+"""Spec-Bench style benchmark: every method answers the same multi-turn questions with the same u.
+
+A question is a chat: turn 1 is asked, the ``ar`` answer is appended as the assistant message, then
+turn 2, and so on. All lossless methods (``ar``, ``verify``, ``pqd``, ``pld``) decode the same prompt
+with the same auxiliary variables u, so their tokens must equal ``ar``'s; ``hf`` (the teacher's own
+``model.generate``) uses Hugging Face's randomness and is timed only, never checked for equality.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .config import SamplingConfig
+from .errors import UserError
+from .generate import cost_curve_for, generate
+from .io import atomic_path, write_json, write_text
+from .sampling import draw_uniform
+
+METHODS = ("ar", "hf", "verify", "pqd", "pld")
+LOSSLESS = ("verify", "pqd", "pld")  # methods whose tokens must equal ar's for the same u
+OVERALL = "overall"
+
+
+@dataclass
+class Turn:
+    """One method's answer to one turn of one question."""
+
+    tokens: list[int]
+    accepted: list[int]  # new tokens per target call
+    wall_time: float
+
+
+@dataclass
+class Tally:
+    """Totals of one method over a set of turns (one category, one run)."""
+
+    tokens: int = 0
+    calls: int = 0
+    wall_time: float = 0.0
+
+    def add(self, turn: Turn) -> None:
+        self.tokens += len(turn.tokens)
+        self.calls += len(turn.accepted)
+        self.wall_time += turn.wall_time
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.wall_time if self.wall_time > 0 else 0.0
+
+
+@dataclass
+class BenchResult:
+    """Everything a benchmark run produces: answers of the first run, tallies of every run."""
+
+    methods: list[str]
+    answers: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    # tallies[run][method][category]
+    tallies: list[dict[str, dict[str, Tally]]] = field(default_factory=list)
+    mismatches: dict[str, set] = field(default_factory=lambda: defaultdict(set))  # method -> {(qid, turn)}
+
+
+# ---------------------------------------------------------------- questions
+
+def load_questions(path: str | Path, categories: list[str] | None = None, limit: int | None = None) -> list[dict]:
+    """Spec-Bench questions (``question_id``, ``category``, ``turns``), filtered then limited."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"questions file {str(path)!r} does not exist: pass a Spec-Bench question.jsonl")
+    questions = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            q = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: line {number} is not valid JSON ({e.msg})") from None
+        if not isinstance(q, dict) or "question_id" not in q or not isinstance(q.get("turns"), list) or not q["turns"] \
+                or not all(isinstance(t, str) for t in q["turns"]):
+            raise UserError(f"{path}: line {number} needs question_id and a non-empty list of string turns")
+        q.setdefault("category", "default")
+        questions.append(q)
+    if categories:
+        known = sorted({q["category"] for q in questions})
+        unknown = [c for c in categories if c not in known]
+        if unknown:
+            raise UserError(f"unknown categor{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}: "
+                            f"{path.name} has {', '.join(known)}")
+        questions = [q for q in questions if q["category"] in categories]
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"--limit {limit} is invalid: use an integer >= 1")
+        questions = questions[:limit]
+    if not questions:
+        raise UserError(f"{path} holds no questions")
+    return questions
+
+
+def check_methods(methods: list[str]) -> list[str]:
+    """Validated methods in order, with ``ar`` first (it is the baseline and writes the history)."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method {', '.join(unknown)}: use {', '.join(METHODS)}")
+    return ["ar"] + [m for m in dict.fromkeys(methods) if m != "ar"]
+
+
+def turn_u(seed: int, question_id: Any, turn: int, n: int) -> torch.Tensor:
+    """u of one turn, a function of (seed, question id, turn index) only (crc32: stable across runs)."""
+    return draw_uniform(n, seed=zlib.crc32(f"{seed}:{question_id}:{turn}".encode()))
+
+
+# ---------------------------------------------------------------- decoding one turn
+
+def hf_generate(model: Any, ids: torch.Tensor, max_new_tokens: int, sampling: SamplingConfig, seed: int) -> Turn:
+    """Plain ``model.generate`` with the same sampling settings; one call per token (MAT 1.00)."""
+    torch.manual_seed(seed)  # HF draws from torch's global generator
+    kwargs: dict[str, Any] = {"do_sample": False}
+    if not sampling.greedy:
+        kwargs = {"do_sample": True, "temperature": sampling.temperature, "top_k": sampling.top_k or None,
+                  "top_p": sampling.top_p}
+    eos = getattr(model.generation_config, "eos_token_id", None) or model.config.eos_token_id
+    pad = eos[0] if isinstance(eos, list) else eos
+    inputs = ids.unsqueeze(0).to(model.device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens,
+                             min_new_tokens=0, pad_token_id=pad, **kwargs)
+    wall = time.perf_counter() - start
+    tokens = out[0, ids.numel():].tolist()
+    return Turn(tokens=tokens, accepted=[1] * len(tokens), wall_time=wall)
+
+
+def decode_turn(student: Any, method: str, ids: torch.Tensor, max_new_tokens: int, sampling: SamplingConfig,
+                u: torch.Tensor, seed: int) -> Turn:
+    """One method's answer to one prompt (``seed`` only feeds ``hf``; the others use ``u``)."""
+    if method == "hf":
+        return hf_generate(student.model, ids, max_new_tokens, sampling, seed)
+    result = generate(student, ids, max_new_tokens, sampling=sampling, u=u, strategy=method)
+    return Turn(tokens=result.tokens.tolist(), accepted=list(result.accepted), wall_time=result.wall_time)
+
+
+# ---------------------------------------------------------------- the benchmark loop
+
+def run_bench(student: Any, tokenizer: Any, questions: list[dict], methods: list[str], sampling: SamplingConfig,
+              max_new_tokens: int, runs: int, seed: int, encode: Callable[[Any, list[dict]], torch.Tensor],
+              model_id: str, progress: Any = None) -> BenchResult:
+    """Answer every question with every method, ``runs`` times; answers are kept from the first run."""
+    result = BenchResult(methods=methods)
+    if "pqd" in methods:
+        cost_curve_for(student)  # measured once, before any timing
+    warm_up(student, tokenizer, questions[0], methods, sampling, encode)
+    for run in range(runs):
+        tallies: dict[str, dict[str, Tally]] = {m: defaultdict(Tally) for m in methods}
+        for q in questions:
+            answers = ask(student, tokenizer, q, methods, sampling, max_new_tokens, seed, encode, tallies, result, progress)
+            if run == 0:
+                for method in methods:
+                    result.answers[method].append(answer_record(q, answers[method], tokenizer, model_id, method))
+        result.tallies.append(tallies)
+    return result
+
+
+def warm_up(student: Any, tokenizer: Any, question: dict, methods: list[str], sampling: SamplingConfig,
+            encode: Callable) -> None:
+    """A short untimed pass per method, so one-off start-up costs do not land on the first question."""
+    ids = encode(tokenizer, [{"role": "user", "content": question["turns"][0]}])
+    for method in methods:
+        decode_turn(student, method, ids, 2, sampling, turn_u(0, "warm-up", 0, 2), 0)
+
+
+def ask(student: Any, tokenizer: Any, q: dict, methods: list[str], sampling: SamplingConfig, max_new_tokens: int,
+        seed: int, encode: Callable, tallies: dict, result: BenchResult, progress: Any) -> dict[str, list[Turn]]:
+    """All turns of one question for every method; ``ar``'s answer becomes the chat history."""
+    messages: list[dict[str, str]] = []
+    answers: dict[str, list[Turn]] = {m: [] for m in methods}
+    for index, text in enumerate(q["turns"]):
+        messages.append({"role": "user", "content": text})
+        ids = encode(tokenizer, messages)
+        u = turn_u(seed, q["question_id"], index, max_new_tokens)
+        hf_seed = zlib.crc32(f"hf:{seed}:{q['question_id']}:{index}".encode())
+        for method in methods:
+            turn = decode_turn(student, method, ids, max_new_tokens, sampling, u, hf_seed)
+            answers[method].append(turn)
+            for category in (q["category"], OVERALL):
+                tallies[method][category].add(turn)
+            if method != "hf" and turn.tokens != answers["ar"][-1].tokens:
+                result.mismatches[method].add((q["question_id"], index))
+        messages.append({"role": "assistant", "content": tokenizer.decode(answers["ar"][-1].tokens, skip_special_tokens=True)})
+        if progress is not None:
+            progress.update(1)
+    return answers
+
+
+def answer_record(q: dict, turns: list[Turn], tokenizer: Any, model_id: str, method: str) -> dict[str, Any]:
+    """One line of a Spec-Bench answer file."""
+    return {
+        "question_id": q["question_id"],
+        "category": q["category"],
+        "model_id": f"{model_id}-{method}",
+        "choices": [{
+            "index": 0,
+            "turns": [tokenizer.decode(t.tokens, skip_special_tokens=True) for t in turns],
+            "new_tokens": [len(t.tokens) for t in turns],
+            "wall_time": [t.wall_time for t in turns],
+            "accept_lengths": [a for t in turns for a in t.accepted],
+        }],
+        "tstamp": time.time(),
+    }
+
+
+# ---------------------------------------------------------------- metrics
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and (population) standard deviation over runs."""
+    mean = sum(values) / len(values)
+    return {"mean": mean, "std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))}
+
+
+def summarize(result: BenchResult, config: dict[str, Any]) -> dict[str, Any]:
+    """Per method and category: MAT, tokens/s and speedups over ar and hf (mean/std over runs)."""
+    first = result.tallies[0]
+    categories = [c for c in first["ar"] if c != OVERALL] + [OVERALL]
+    metrics: dict[str, dict[str, Any]] = {}
+    for method in result.methods:
+        metrics[method] = {}
+        for category in categories:
+            tally = first[method][category]
+            tps = [run[method][category].tokens_per_second for run in result.tallies]
+            entry = {"mat": tally.tokens / max(tally.calls, 1), "tokens": tally.tokens, "calls": tally.calls,
+                     "tokens_per_second": mean_std(tps)}
+            for base in ("ar", "hf"):
+                if base in result.methods:
+                    ratios = [run[method][category].tokens_per_second / max(run[base][category].tokens_per_second, 1e-12)
+                              for run in result.tallies]
+                    entry[f"speedup_over_{base}"] = mean_std(ratios)
+            metrics[method][category] = entry
+    return {
+        "config": config,
+        "categories": categories,
+        "metrics": metrics,
+        "lossless": {m: len(result.mismatches.get(m, ())) for m in result.methods if m in LOSSLESS},
+        "lossless_note": "answers (question, turn) whose tokens differ from ar's with the same u; "
+                         "hf is excluded (it samples with Hugging Face's own randomness)",
+    }
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The summary as a Markdown table, one row per category and method."""
+    methods = list(summary["metrics"])
+    has_hf = "hf" in methods
+    head = ["category", "method", "MAT", "tokens/s", "speedup vs ar"] + (["speedup vs hf"] if has_hf else []) + ["differs from ar"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    fmt = lambda ms, unit="": f"{ms['mean']:.2f}{unit} ± {ms['std']:.2f}"  # noqa: E731
+    for category in summary["categories"]:
+        for method in methods:
+            e = summary["metrics"][method][category]
+            row = [category, method, f"{e['mat']:.2f}", fmt(e["tokens_per_second"]), fmt(e["speedup_over_ar"], "x")]
+            if has_hf:
+                row.append(fmt(e["speedup_over_hf"], "x"))
+            row.append(str(summary["lossless"][method]) if method in summary["lossless"] else "-")
+            lines.append("| " + " | ".join(row) + " |")
+    runs = summary["config"].get("runs", 1)
+    lines += ["", f"MAT: mean accepted tokens per target call (plain decoding = 1.00). tokens/s and speedups: "
+                  f"mean ± std over {runs} run(s). 'differs from ar': {summary['lossless_note']}."]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- output
+
+def write_outputs(out: Path, result: BenchResult, summary: dict[str, Any]) -> list[str]:
+    """Answer files, summary.json, summary.md and plots; returns notes to print (e.g. plots skipped)."""
+    for method, records in result.answers.items():
+        write_text(out / f"{method}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_json(out / "summary.json", summary)
+    write_text(out / "summary.md", markdown(summary))
+    return plot(out, result, summary)
+
+
+def plot(out: Path, result: BenchResult, summary: dict[str, Any]) -> list[str]:
+    """speedup.png (speedup over ar per category and method) and accept_lengths.png (histograms)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return ["matplotlib is not installed: plots skipped (pip install matplotlib)"]
+    methods, categories = result.methods, summary["categories"]
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(categories)), 4))
+    for i, method in enumerate(methods):
+        speedups = [summary["metrics"][method][c]["speedup_over_ar"] for c in categories]
+        ax.bar([x + i * width for x in range(len(categories))], [s["mean"] for s in speedups], width,
+               yerr=[s["std"] for s in speedups], label=method)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(categories))], categories)
+    ax.axhline(1.0, color="gray", linewidth=0.8)
+    ax.set_ylabel("speedup over ar")
+    ax.legend()
+    save(fig, out / "speedup.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lengths = {m: [a for r in result.answers[m] for a in r["choices"][0]["accept_lengths"]] for m in methods}
+    top = max((max(v) for v in lengths.values() if v), default=1)
+    for i, method in enumerate(methods):
+        counts = [lengths[method].count(k) for k in range(1, top + 1)]
+        ax.bar([k + i * width - 0.4 for k in range(1, top + 1)], counts, width, label=method, align="edge")
+    ax.set_xticks(range(1, top + 1))
+    ax.set_xlabel("tokens accepted per call")
+    ax.set_ylabel("calls")
+    ax.legend()
+    save(fig, out / "accept_lengths.png")
+    return []
+
+
+def save(fig: Any, path: Path) -> None:
+    """Save a figure atomically and free it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)

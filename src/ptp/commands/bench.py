@@ -1,0 +1,67 @@
+"""``ptp bench STUDENT_DIR``: Spec-Bench style speed and losslessness benchmark of every decoding method."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+
+from ..bench import METHODS, check_methods, load_questions, markdown, run_bench, summarize, write_outputs
+from ..cli import dataclass_arguments, dataclass_from_args
+from ..config import DTYPES, DecodeConfig, SamplingConfig
+from ..errors import UserError
+from .generate import encode, load, student_dir
+
+HELP = "benchmark ar, hf, verify, pqd and pld on Spec-Bench style questions: MAT, tokens/s, speedup, lossless check"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("student", metavar="STUDENT_DIR", help="a student directory (or an experiment directory holding student/)")
+    parser.add_argument("--questions", metavar="FILE.jsonl", help="Spec-Bench questions (default: the packaged dev_questions.jsonl)")
+    # no argparse choices: an unknown method must be a one-line UserError like every other mistake
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
+                        help=f"methods to compare among {', '.join(METHODS)} (ar is always run: it is the baseline)")
+    parser.add_argument("--limit", type=int, help="only the first N questions (after --categories)")
+    parser.add_argument("--categories", nargs="+", metavar="CATEGORY", help="only questions of these categories")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens per answer turn (default 128)")
+    parser.add_argument("--runs", type=int, default=1, help="repeat the whole benchmark R times for mean/std timings")
+    parser.add_argument("--seed", type=int, default=0, help="seed of u (per question and turn) and of hf's sampling")
+    parser.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPES)} (float32: lossless bit for bit)")
+    parser.add_argument("--out", default="bench-out", metavar="DIR", help="output directory (default bench-out)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the teacher's own modeling code (off by default)")
+    dataclass_arguments(parser, SamplingConfig, group="sampling")
+
+
+def default_questions() -> Path:
+    return Path(str(resources.files("ptp") / "assets" / "dev_questions.jsonl"))
+
+
+def run(args: argparse.Namespace) -> int:
+    sampling = dataclass_from_args(SamplingConfig, args)
+    decode = dataclass_from_args(DecodeConfig, argparse.Namespace(max_new_tokens=args.max_new_tokens, dtype=args.dtype,
+                                                                 seed=args.seed, strategy="ar"))
+    if args.runs < 1:
+        raise UserError(f"--runs {args.runs} is invalid: use an integer >= 1")
+    methods = check_methods(args.methods)
+    questions = load_questions(args.questions or default_questions(), args.categories, args.limit)
+    directory = student_dir(args.student)  # checked before the slow model load
+    student, tokenizer = load(args, decode)
+
+    from tqdm import tqdm
+
+    total = args.runs * sum(len(q["turns"]) for q in questions)
+    with tqdm(total=total, desc="bench (question, turn)", unit="turn", file=sys.stderr) as progress:
+        result = run_bench(student, tokenizer, questions, methods, sampling, decode.max_new_tokens, args.runs, args.seed,
+                           lambda tok, messages: encode(tok, messages, raw=False), directory.resolve().name, progress)
+    config = {"student": str(directory), "questions": str(args.questions or default_questions()), "methods": methods,
+              "num_questions": len(questions), "max_new_tokens": decode.max_new_tokens, "runs": args.runs,
+              "seed": args.seed, "dtype": decode.dtype, "sampling": asdict(sampling)}
+    summary = summarize(result, config)
+    out = Path(args.out)
+    for note in write_outputs(out, result, summary):
+        print(note, file=sys.stderr)
+    print(markdown(summary))
+    print(f"results in {out}/ (answers <method>.jsonl, summary.json, summary.md, plots)", file=sys.stderr)
+    return 0

@@ -1,0 +1,84 @@
+"""``ptp bench``: Spec-Bench answer files, summary metrics, lossless check, plots and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ptp import Student
+from ptp.cli import main
+from ptp.models import load_teacher
+from tiny_models import write_assets
+
+METHODS = ["ar", "hf", "verify", "pqd", "pld"]
+QUESTIONS = [
+    {"question_id": 7, "category": "qa", "turns": ["the cat sat on the mat", "where is it ?"]},
+    {"question_id": "x2", "category": "math", "turns": ["who ran under the tree ?"]},
+]
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    assets = write_assets(root, 4)
+    student = Student.from_teacher(load_teacher(assets["model"]), num_draft_tokens=4, lora_rank=4, teacher_name=assets["model"])
+    student.save_pretrained(root / "student")
+    return root / "student"
+
+
+@pytest.fixture()
+def questions(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    return path
+
+
+def test_bench_writes_spec_bench_answers_summary_and_plots(student_dir, questions, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["bench", str(student_dir), "--questions", str(questions), "--max-new-tokens", "6",
+                 "--methods", *METHODS, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| category | method | MAT |" in printed
+    for name in [f"{m}.jsonl" for m in METHODS] + ["summary.json", "summary.md", "speedup.png", "accept_lengths.png"]:
+        assert (out / name).is_file(), name
+
+    for method in METHODS:
+        records = [json.loads(line) for line in (out / f"{method}.jsonl").read_text().splitlines()]
+        assert [r["question_id"] for r in records] == [7, "x2"]
+        for record, q in zip(records, QUESTIONS):
+            assert record["category"] == q["category"] and method in record["model_id"] and "tstamp" in record
+            choice = record["choices"][0]
+            assert choice["index"] == 0
+            assert len(choice["turns"]) == len(choice["new_tokens"]) == len(choice["wall_time"]) == len(q["turns"])
+            assert sum(choice["accept_lengths"]) == sum(choice["new_tokens"])
+            assert all(1 <= n <= 6 for n in choice["new_tokens"])
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["categories"]) == {"qa", "math", "overall"}
+    for method in METHODS:
+        for category in summary["categories"]:
+            entry = summary["metrics"][method][category]
+            assert entry["mat"] >= 1.0 and "speedup_over_ar" in entry and "speedup_over_hf" in entry
+    assert all(summary["metrics"][m][c]["mat"] == 1.0 for m in ("ar", "hf") for c in summary["categories"])
+    assert summary["lossless"] == {"verify": 0, "pqd": 0, "pld": 0}
+    assert "hf" in summary["lossless_note"]
+
+
+@pytest.mark.parametrize(
+    "extra, content, message",
+    [
+        ([], '{"question_id": 1, "turns": ["hi"]}\n{not json\n', "line 2"),
+        (["--categories", "poetry"], None, "unknown category poetry"),
+        (["--methods", "ar", "beam"], None, "unknown method beam"),
+        (["--questions", "/nonexistent/q.jsonl"], None, "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_user_error(student_dir, questions, tmp_path, capsys, extra, content, message):
+    if content is not None:
+        questions.write_text(content)
+    argv = ["bench", str(student_dir), "--questions", str(questions), "--out", str(tmp_path / "o"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ptp bench: error:") and message in err[-1]
+    assert not (tmp_path / "o").exists()
