@@ -6,10 +6,8 @@ import json
 
 import pytest
 
-from ptp import Student
 from ptp.cli import main
-from ptp.models import load_teacher
-from tiny_models import write_assets
+from tiny_models import write_student
 
 METHODS = ["ar", "hf", "verify", "pqd", "pld"]
 QUESTIONS = [
@@ -20,11 +18,7 @@ QUESTIONS = [
 
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    assets = write_assets(root, 4)
-    student = Student.from_teacher(load_teacher(assets["model"]), num_draft_tokens=4, lora_rank=4, teacher_name=assets["model"])
-    student.save_pretrained(root / "student")
-    return root / "student"
+    return write_student(tmp_path_factory.mktemp("bench"))
 
 
 @pytest.fixture()

@@ -7,19 +7,13 @@ import json
 
 import pytest
 
-from ptp import Student
 from ptp.cli import main
-from ptp.models import load_teacher
-from tiny_models import write_assets
+from tiny_models import write_student
 
 
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("generate-cli")
-    assets = write_assets(root, 4)
-    student = Student.from_teacher(load_teacher(assets["model"]), num_draft_tokens=4, lora_rank=4, teacher_name=assets["model"])
-    student.save_pretrained(root / "student")
-    return root / "student"
+    return write_student(tmp_path_factory.mktemp("generate-cli"))
 
 
 def test_one_shot_streams_text_and_stats(student_dir, capsys):

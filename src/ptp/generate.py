@@ -78,13 +78,14 @@ class GenerationResult:
         return len(self.tokens) / self.wall_time if self.wall_time > 0 else float("inf")
 
 
-def _eos_ids(model: Any) -> set[int]:
+def eos_token_ids(model: Any, tokenizer: Any = None) -> set[int]:
+    """EOS ids of the model's generation config and config (chat models list their end-of-turn
+    there), and of the tokenizer when given."""
     inner = model.model if isinstance(model, Student) else model
     ids: set[int] = set()
-    for source in (getattr(inner, "generation_config", None), inner.config):
-        eos = getattr(source, "eos_token_id", None)
-        if eos is not None:
-            ids.update([eos] if isinstance(eos, int) else list(eos))
+    sources = (getattr(inner, "generation_config", None), inner.config, tokenizer)
+    for eos in (getattr(source, "eos_token_id", None) for source in sources):
+        ids.update([eos] if isinstance(eos, int) else (eos or []))
     return ids
 
 
@@ -253,7 +254,7 @@ def generate(
         if strategy == "pqd" and cost is None and max_rows is None:
             cost = cost_curve_for(model)
         proposer = make_proposer(model, strategy, max_rows=max_rows, cost=cost, num_draft=draft_length)
-    eos = _eos_ids(model)
+    eos = eos_token_ids(model)
 
     state = DecodeState(tokens=ids.tolist(), prompt_len=ids.numel(), max_new_tokens=max_new_tokens)
     start = time.perf_counter()

@@ -38,6 +38,7 @@ from .data import load_rows, prompt_ids
 from .errors import UserError
 from .experiment import Experiment
 from .io import atomic_path, write_json
+from .generate import eos_token_ids
 from .models import load_teacher, load_tokenizer
 from .sampling import draw_uniform, pick, token_interval, warp
 
@@ -137,15 +138,6 @@ def sample_completions(
     return [(tokens[r, :n].cpu(), lo[r, :n].cpu(), hi[r, :n].cpu()) for r, n in enumerate(lengths.tolist())]
 
 
-def _eos_ids(teacher: torch.nn.Module, tokenizer: Any) -> set[int]:
-    """EOS of the tokenizer and of the generation config (chat models list their end-of-turn there)."""
-    ids: set[int] = set()
-    configured = getattr(getattr(teacher, "generation_config", None), "eos_token_id", None)
-    for value in (tokenizer.eos_token_id, configured):
-        ids.update([value] if isinstance(value, int) else (value or []))
-    return ids
-
-
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -228,7 +220,7 @@ def pregenerate(directory: str | Path, run: PregenerateConfig | None = None) -> 
 
     device = _device(run.device)
     teacher = load_teacher(model.teacher, dtype=getattr(torch, model.teacher_dtype), trust_remote_code=model.trust_remote_code).to(device)
-    eos_ids = _eos_ids(teacher, tokenizer)
+    eos_ids = eos_token_ids(teacher, tokenizer)
     from tqdm.auto import tqdm
 
     start_time = time.perf_counter()
