@@ -14,6 +14,7 @@ import importlib
 import inspect
 import re
 import sys
+import types
 import typing
 from typing import Any, Sequence
 
@@ -45,7 +46,7 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 def dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "", group: str | None = None) -> None:
     """Add ``--prefix-field`` flags for every field of dataclass ``cls`` (default: unset = None)."""
-    target = parser.add_argument_group(group or cls.__name__) if group is not False else parser
+    target = parser.add_argument_group(group or cls.__name__)
     docs = _field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -55,7 +56,7 @@ def dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str 
         hint = hints[f.name]
         origin = typing.get_origin(hint)
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        base = args[0] if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args else hint
+        base = args[0] if origin in (typing.Union, types.UnionType) and args else hint
         kwargs: dict[str, Any] = {"dest": prefix.replace("-", "_") + f.name, "default": None, "help": docs.get(f.name, "")}
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -69,9 +70,9 @@ def dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str 
         target.add_argument(flag, **kwargs)
 
 
-def dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = "", base: Any = None) -> Any:
-    """Build ``cls`` from flags set on the command line, over ``base`` (an instance) or defaults."""
-    values = dataclasses.asdict(base) if base is not None else {}
+def dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = "") -> Any:
+    """Build ``cls`` from the flags set on the command line (defaults for the rest)."""
+    values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         value = getattr(args, prefix.replace("-", "_") + f.name, None)
         if value is not None:

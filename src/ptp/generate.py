@@ -111,6 +111,13 @@ def _forward(model: Any, ids: list[int], parents: list[int], draft: torch.Tensor
     return out.logits[0], out.past_key_values
 
 
+def _token_chain(model: Any, ids: list[int], cache: Any, past: int) -> tuple[torch.Tensor, Any]:
+    """A plain call: ``ids`` as token rows (gate off) continuing a cache of ``past`` positions."""
+    n = len(ids)
+    return _forward(model, ids, list(range(-1, n - 1)), torch.zeros(n, dtype=torch.bool),
+                    torch.full((n,), float("nan"), dtype=torch.float64), cache, past)
+
+
 def _step(model: Any, state: DecodeState, proposer: Proposer, u: torch.Tensor, sampling: SamplingConfig,
           cache: Any) -> tuple[list[int], int, Any]:
     """One call: draft, verify, accept, advance. Returns (accepted tokens, rows, cache)."""
@@ -176,17 +183,14 @@ def make_proposer(model: Any, strategy: str, max_rows: int | None = None, cost: 
 
 def measure_cost_curve(model: Any, context: int = 128) -> CostCurve:
     """Relative cost t(k)/t(1) of calls over k new rows after ``context`` cached tokens."""
-    device = model.device
     vocab = (model.model if isinstance(model, Student) else model).get_output_embeddings().weight.shape[0]
-    ids = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(0)).to(device)
+    ids = torch.randint(0, vocab, (context,), generator=torch.Generator().manual_seed(0)).tolist()
     with torch.no_grad():
-        cache = model(ids, use_cache=True).past_key_values if isinstance(model, Student) else \
-            model(input_ids=ids, use_cache=True).past_key_values
+        _, cache = _token_chain(model, ids, None, 0)
 
         def rows(k: int) -> None:
             nonlocal cache
-            _, cache = _forward(model, [1] * k, list(range(-1, k - 1)), torch.zeros(k, dtype=torch.bool),
-                                torch.full((k,), float("nan"), dtype=torch.float64), cache, context)
+            _, cache = _token_chain(model, [1] * k, cache, context)
             cache.crop(-k)
 
         return CostCurve.measure(rows)
@@ -260,9 +264,7 @@ def generate(
     start = time.perf_counter()
     cache = None
     if ids.numel() > 1:  # prefill all but the last prompt token; it is the first pending token
-        _, cache = _forward(model, state.tokens[:-1], list(range(-1, ids.numel() - 2)),
-                            torch.zeros(ids.numel() - 1, dtype=torch.bool),
-                            torch.full((ids.numel() - 1,), float("nan"), dtype=torch.float64), None, 0)
+        _, cache = _token_chain(model, state.tokens[:-1], None, 0)
         state.cached = ids.numel() - 1
     if cache is None:
         from transformers import DynamicCache
