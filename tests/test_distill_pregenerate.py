@@ -56,7 +56,7 @@ def test_distill_records_every_choice(completions_dir):
     assert list(raw) == ["data", "model", "loss", "sampling", "optim", "trainer"]
     assert raw["data"]["prompt_format"] == "Q: {question} ?" and raw["data"]["data_mode"] == "completions"
     assert raw["model"]["mode"] == "o-ptp" and raw["model"]["lora_alpha"] == 32.0  # 2 r, made explicit
-    assert raw["sampling"] == {"temperature": 0.9, "top_k": 40, "top_p": 0.95}
+    assert raw["sampling"] == {"temperature": 0.9, "top_k": 40, "top_p": 0.95, "order": "rank"}
     experiment = Experiment.load(completions_dir)
     assert experiment.data.completion_tokens == 10 and experiment.data.limit == 11
     assert experiment.to_dict() == raw

@@ -17,6 +17,7 @@ CONFIGS = [
     SamplingConfig(temperature=0.7, top_p=0.95),
     SamplingConfig(temperature=1.3, top_k=5),
     SamplingConfig(temperature=0.8, top_k=20, top_p=0.8),
+    SamplingConfig(temperature=0.9, top_p=0.9, order="id"),
 ]
 
 
@@ -26,7 +27,7 @@ def reference_tokens(teacher, prompt: torch.Tensor, u: torch.Tensor, sampling: S
     with torch.no_grad():
         for k in range(u.numel()):
             logits = teacher(torch.tensor([seq])).logits[0, -1]
-            tok = int(pick(u[k], warp(logits, sampling)))
+            tok = int(pick(u[k], warp(logits, sampling), sampling.order))
             out.append(tok)
             seq.append(tok)
             if tok == eos:
@@ -52,8 +53,8 @@ class OracleStudent(Student):
         self.rng = torch.Generator().manual_seed(seed)
         return self
 
-    def draft_tokens(self, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        guess = super().draft_tokens(logits, u)
+    def draft_tokens(self, logits: torch.Tensor, u: torch.Tensor, order: str = "rank") -> torch.Tensor:
+        guess = super().draft_tokens(logits, u, order)
         for j, x in enumerate(u.tolist()):
             if float(x) in self.truth and torch.rand((), generator=self.rng) >= self.error_rate:
                 guess[j] = self.truth[float(x)]

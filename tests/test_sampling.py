@@ -14,7 +14,7 @@ from transformers.generation.logits_process import (
 )
 
 from ptp import SamplingConfig
-from ptp.sampling import draw_uniform, pick, sample_in_interval, token_interval, warp
+from ptp.sampling import ORDERS, draw_uniform, pick, sample_in_interval, token_interval, warp
 
 V = 50
 
@@ -162,16 +162,27 @@ def make_distributions() -> list[torch.Tensor]:
 DISTRIBUTIONS = make_distributions()
 
 
-def all_intervals(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def all_intervals(probs: torch.Tensor, order: str) -> tuple[torch.Tensor, torch.Tensor]:
     tokens = torch.arange(probs.shape[-1])
-    return token_interval(probs.expand(len(tokens), -1), tokens)
+    return token_interval(probs.expand(len(tokens), -1), tokens, order)
 
 
+def cdf_order(probs: torch.Tensor, order: str) -> torch.Tensor:
+    """Reference token order of the CDF: ids, or decreasing probability with ties by id."""
+    ids = torch.arange(probs.shape[-1])
+    if order == "id":
+        return ids
+    return torch.tensor(sorted(ids.tolist(), key=lambda i: (-float(probs[i]), i)))
+
+
+@pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("probs", DISTRIBUTIONS)
-def test_token_intervals_tile_unit_interval(probs):
-    lo, hi = all_intervals(probs)
-    assert lo[0] == 0.0 and hi[-1] == 1.0
-    assert torch.equal(lo[1:], hi[:-1])  # lo of t is hi of t - 1, bit for bit
+def test_token_intervals_tile_unit_interval_in_cdf_order(probs, order):
+    lo, hi = all_intervals(probs, order)
+    support = cdf_order(probs, order)
+    support = support[probs[support] > 0]
+    assert lo[support[0]] == 0.0 and hi[support[-1]] == 1.0
+    assert torch.equal(lo[support[1:]], hi[support[:-1]])  # each interval starts where the previous ends, bit for bit
     assert bool((hi >= lo).all())
     # Empty exactly for zero-probability tokens (every P > 0 here is far above rounding).
     assert torch.equal(hi > lo, probs > 0)
@@ -179,56 +190,86 @@ def test_token_intervals_tile_unit_interval(probs):
 
 
 @pytest.mark.parametrize("probs", DISTRIBUTIONS)
+def test_rank_order_gives_small_u_to_likely_tokens(probs):
+    lo, hi = all_intervals(probs, "rank")
+    top = int(probs.argmax())  # lowest id among ties
+    assert lo[top] == 0.0
+    assert int(pick(torch.zeros((), dtype=torch.float64), probs, "rank")) == top  # u -> 0 is greedy
+    likely, unlikely = probs.unsqueeze(-1) > probs.unsqueeze(0), (probs > 0).unsqueeze(0)
+    assert bool((lo.unsqueeze(-1) < lo.unsqueeze(0))[likely & unlikely].all())
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("probs", DISTRIBUTIONS)
 @pytest.mark.parametrize("beta", [0.5, 1.0, 2.0])
-def test_u_inside_token_interval_picks_that_token(probs, beta):
+def test_u_inside_token_interval_picks_that_token(probs, beta, order):
     tokens = torch.nonzero(probs > 0).squeeze(-1)
     repeats = 200
     rows = probs.expand(len(tokens), -1)
-    lo, hi = token_interval(rows, tokens)
+    lo, hi = token_interval(rows, tokens, order)
     lo_r, hi_r = lo.repeat_interleave(repeats), hi.repeat_interleave(repeats)
     u = sample_in_interval(lo_r, hi_r, beta, generator=gen(5))
     assert bool(((u >= lo_r) & (u < hi_r)).all())
-    assert torch.equal(pick(u, probs.expand(len(u), -1)), tokens.repeat_interleave(repeats))
+    assert torch.equal(pick(u, probs.expand(len(u), -1), order), tokens.repeat_interleave(repeats))
     # The interval's closed left end and the last float below its right end.
-    assert torch.equal(pick(lo, rows), tokens)
-    assert torch.equal(pick(next_down(hi), rows), tokens)
+    assert torch.equal(pick(lo, rows, order), tokens)
+    assert torch.equal(pick(next_down(hi), rows, order), tokens)
 
 
+@pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("probs", DISTRIBUTIONS)
-def test_zero_probability_tokens_are_never_picked(probs):
-    cdf = probs.cumsum(-1)
-    lo, hi = all_intervals(probs)
+def test_zero_probability_tokens_are_never_picked(probs, order):
+    cdf = probs[cdf_order(probs, order)].cumsum(-1)
+    lo, hi = all_intervals(probs, order)
     boundaries = torch.cat([cdf, lo, hi, torch.tensor([0.0, 1.0], dtype=torch.float64)])
     near = torch.cat([boundaries, next_down(boundaries), torch.nextafter(boundaries, torch.ones_like(boundaries))])
     u = near[(near >= 0.0) & (near < 1.0)]
     u = torch.cat([u, torch.tensor([0.0, next_down(1.0).item()], dtype=torch.float64), draw_uniform(1000, seed=0)])
-    picked = pick(u, probs.expand(len(u), -1))
+    picked = pick(u, probs.expand(len(u), -1), order)
     assert bool((probs[picked] > 0).all())
 
 
-def test_one_hot_picks_its_token_for_every_u():
+@pytest.mark.parametrize("order", ORDERS)
+def test_one_hot_picks_its_token_for_every_u(order):
     probs = DISTRIBUTIONS[4]
     u = torch.cat([torch.tensor([0.0, next_down(1.0).item(), 0.5], dtype=torch.float64), draw_uniform(100, seed=1)])
-    assert bool((pick(u, probs.expand(len(u), -1)) == 17).all())
+    assert bool((pick(u, probs.expand(len(u), -1), order) == 17).all())
 
 
-def test_pick_and_token_interval_work_on_batched_shapes():
+@pytest.mark.parametrize("order", ORDERS)
+def test_pick_and_token_interval_work_on_batched_shapes(order):
     probs = warp(random_logits((2, 3, V), seed=8), SamplingConfig(top_k=10))
     u = draw_uniform(6, seed=2).reshape(2, 3)
-    tokens = pick(u, probs)
+    tokens = pick(u, probs, order)
     assert tokens.shape == (2, 3) and tokens.dtype == torch.int64
-    lo, hi = token_interval(probs, tokens)
+    lo, hi = token_interval(probs, tokens, order)
     assert lo.shape == hi.shape == (2, 3)
     assert bool(((lo <= u) & (u < hi)).all())  # u lies in the interval of the token it picked
-    flat = [pick(u.reshape(-1)[i : i + 1], probs.reshape(6, V)[i : i + 1]) for i in range(6)]
+    flat = [pick(u.reshape(-1)[i : i + 1], probs.reshape(6, V)[i : i + 1], order) for i in range(6)]
     assert torch.equal(tokens.reshape(-1), torch.cat(flat))
 
 
-def test_pick_matches_distribution_statistically():
+def test_rank_order_of_a_large_vocabulary_matches_a_full_stable_sort():
+    """The candidate shortcut (top-k of the support) orders exactly as a full stable sort, ties included."""
+    logits = (random_logits((4, 5000), seed=11) * 4).round()  # many exact ties
+    for cfg in (SamplingConfig(temperature=0.7, top_p=0.9), SamplingConfig(top_k=40), SamplingConfig()):
+        probs = warp(logits, cfg)
+        u = draw_uniform(400, seed=3).reshape(100, 4).t()
+        expected = []
+        for row in range(4):
+            ids = torch.tensor(sorted(range(5000), key=lambda i: (-float(probs[row, i]), i)))
+            cdf = probs[row, ids].cumsum(-1)
+            cdf = cdf / cdf[-1]
+            expected.append(ids[torch.searchsorted(cdf, u[row].contiguous(), right=True).clamp_max(4999)])
+        assert torch.equal(pick(u, probs.unsqueeze(1).expand(4, 100, 5000), "rank"), torch.stack(expected))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_pick_matches_distribution_statistically(order):
     """200k draws: each token's count within 5 binomial standard deviations of n P."""
     n = 200_000
     probs = warp(random_logits((20,), seed=9, scale=1.0), SamplingConfig(top_k=15))
-    counts = torch.bincount(pick(draw_uniform(n, seed=1234), probs.expand(n, -1)), minlength=20).double()
+    counts = torch.bincount(pick(draw_uniform(n, seed=1234), probs.expand(n, -1), order), minlength=20).double()
     expected = n * probs
     std = (n * probs * (1 - probs)).sqrt()
     assert bool((counts[probs == 0] == 0).all())

@@ -19,11 +19,16 @@ class SamplingConfig:
             transformers); ``0`` disables it.
         top_p: keep the smallest set of most likely tokens whose mass reaches ``top_p`` (at
             least one token); ``1.0`` disables it.
+        order: token order of the inverse CDF that turns u into a token (Eq. 2): ``rank``
+            (decreasing probability, ties by id: small u picks likely tokens, which students learn
+            far more easily) or ``id`` (increasing token id, the paper's literal Eq. 2). Both
+            sample P exactly; a student must be decoded with the order it was trained with.
     """
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    order: str = "rank"
 
     def __post_init__(self) -> None:
         if not (self.temperature >= 0.0) or self.temperature == float("inf"):
@@ -34,6 +39,8 @@ class SamplingConfig:
             raise ValueError(f"top_k={self.top_k!r} is invalid: use an integer >= 0 (0 disables top-k)")
         if not (0.0 < self.top_p <= 1.0):
             raise ValueError(f"top_p={self.top_p!r} is invalid: use a value in (0, 1] (1 disables top-p)")
+        if self.order not in ("rank", "id"):
+            raise ValueError(f"order={self.order!r} is invalid: use rank or id")
         object.__setattr__(self, "top_k", int(self.top_k))
         object.__setattr__(self, "temperature", float(self.temperature))
         object.__setattr__(self, "top_p", float(self.top_p))
@@ -47,9 +54,9 @@ class SamplingConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SamplingConfig":
-        unknown = set(data) - {"temperature", "top_k", "top_p"}
+        unknown = set(data) - {"temperature", "top_k", "top_p", "order"}
         if unknown:
-            raise ValueError(f"unknown sampling keys {sorted(unknown)}: use temperature, top_k, top_p")
+            raise ValueError(f"unknown sampling keys {sorted(unknown)}: use temperature, top_k, top_p, order")
         return cls(**data)
 
 

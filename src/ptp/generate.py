@@ -143,7 +143,7 @@ def _step(model: Any, state: DecodeState, proposer: Proposer, u: torch.Tensor, s
     n = len(proposal)
     m = min(n + 1, u.shape[0] - base)  # no bonus token past the last u (it could not be kept)
     verify_rows = logits[len(pending) - 1 : len(pending) - 1 + m]  # (m, V)
-    teacher = pick(u[base : base + m], warp(verify_rows, sampling)).tolist()
+    teacher = pick(u[base : base + m], warp(verify_rows, sampling), sampling.order).tolist()
 
     # ---- accept: matching prefix plus the teacher's token at the first mismatch (or a bonus)
     a = 0
@@ -155,7 +155,7 @@ def _step(model: Any, state: DecodeState, proposer: Proposer, u: torch.Tensor, s
     drafts = {}
     for h, (start, g) in slot_rows.items():
         slot_logits = logits[start : start + g]
-        tokens = model.draft_tokens(slot_logits, u[base + h : base + h + g])
+        tokens = model.draft_tokens(slot_logits, u[base + h : base + h + g], sampling.order)
         conf = slot_logits.to(torch.float64).softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         drafts[h] = (tokens, conf)
     kept = state.cached + len(pending) + a

@@ -62,7 +62,7 @@ def teacher_targets(
     ``Q_k = warp(logits at k - 1)`` is the distribution the teacher samples token k from.
     """
     probs = warp(student(tokens).logits[:, :-1], sampling)  # (B, T-1, V): Q_1 .. Q_{T-1}
-    lo, hi = token_interval(probs, tokens[:, 1:])
+    lo, hi = token_interval(probs, tokens[:, 1:], sampling.order)
     lo = F.pad(lo, (1, 0), value=0.0)
     hi = F.pad(hi, (1, 0), value=1.0)
     return TeacherTargets(lo, hi, F.pad(probs, (0, 0, 1, 0), value=float("nan")) if with_probs else None)
@@ -143,6 +143,7 @@ def inverse_autoregressive_u(
     starts: torch.Tensor,
     beta: float = 1.0,
     generator: torch.Generator | None = None,
+    order: str = "rank",
 ) -> torch.Tensor:
     """Algorithm 3: u of every window token from the student's own distributions, slot by slot.
 
@@ -154,8 +155,9 @@ def inverse_autoregressive_u(
 
     Args:
         tokens: ``(B, T)`` data tokens; starts: ``(B, W)`` window starts.
+        order: the sampler's token order (``SamplingConfig.order``).
     Returns:
-        ``(B, W, N)`` float64 u with ``pick(u_k, P_k) == t_k`` for every slot.
+        ``(B, W, N)`` float64 u with ``pick(u_k, P_k, order) == t_k`` for every slot.
     """
     if student.mode == "o-ptp":
         raise ValueError("inverse autoregressive training needs a distribution per slot: use mode c-ptp (or mtp)")
@@ -165,7 +167,7 @@ def inverse_autoregressive_u(
     for k in range(n):
         _, slot_logits = _forward(student, tokens, starts, token_u)
         # float64 softmax, exactly as Student.draft_tokens, so the picks agree bit for bit.
-        lo, hi = token_interval(slot_logits[:, :, k].to(torch.float64).softmax(-1), targets[:, :, k])
+        lo, hi = token_interval(slot_logits[:, :, k].to(torch.float64).softmax(-1), targets[:, :, k], order)
         token_u[:, :, k] = sample_in_interval(lo, hi, beta, generator)
     return token_u
 
@@ -232,7 +234,7 @@ class PTPObjective:
         window_tokens = gather_windows(tokens, positions)  # (B, W, N)
 
         if self.inverse_autoregressive:
-            token_u = inverse_autoregressive_u(student, tokens, starts, self.beta, generator)
+            token_u = inverse_autoregressive_u(student, tokens, starts, self.beta, generator, self.sampling.order)
             valid = torch.ones_like(window_tokens, dtype=torch.bool)
         else:
             if lo is None:
@@ -261,8 +263,9 @@ class PTPObjective:
         # (-1, never matched, where the teacher cannot pick them). Inverse autoregressive: the u
         # come from the student, so ask the teacher; its context is right up to the first miss,
         # which is all Eq. (16) looks at.
-        teacher_tokens = pick(token_u, q) if self.inverse_autoregressive else torch.where(valid, window_tokens, -1)
-        drafted = student.draft_tokens(slot_logits.detach(), token_u)
+        order = self.sampling.order
+        teacher_tokens = pick(token_u, q, order) if self.inverse_autoregressive else torch.where(valid, window_tokens, -1)
+        drafted = student.draft_tokens(slot_logits.detach(), token_u, order)
         correct = num_correct(drafted, teacher_tokens)
         metrics["correct"] = float(correct.double().mean())
         metrics["accepted"] = float(num_accepted(correct, n).double().mean())

@@ -123,8 +123,8 @@ def sample_completions(
     out = teacher(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
     for k in range(new):
         probs = warp(out.logits[:, -1], sampling)
-        tokens[:, k] = pick(u[:, k], probs)
-        lo[:, k], hi[:, k] = token_interval(probs, tokens[:, k])
+        tokens[:, k] = pick(u[:, k], probs, sampling.order)
+        lo[:, k], hi[:, k] = token_interval(probs, tokens[:, k], sampling.order)
         ended = ~done & torch.isin(tokens[:, k], eos)
         lengths[ended] = k + 1
         done |= ended

@@ -1,12 +1,20 @@
 """Sampling math of the paper as small pure functions, apart from any model.
 
 * ``warp``: logits -> the final distribution P of Eq. (1) (temperature, top-k, top-p), float64.
-* ``pick``: Eq. (2), inverse-CDF sampling ``min{j : F_j > u}`` over token ids in increasing order.
+* ``pick``: Eq. (2), inverse-CDF sampling ``min{j : F_j > u}`` over the tokens in a fixed order.
 * ``token_interval``: Eq. (9), the interval ``[F_{t-1}, F_t)`` of u that picks token t.
 * ``sample_in_interval``: a u inside that interval, ``lo + Beta(b, b) * (hi - lo)`` (App. D).
 
-All CDFs are computed by one helper (``_cdf``) so that ``pick`` and ``token_interval`` agree
-bit for bit: every u drawn inside ``token_interval(P, t)`` picks exactly t.
+Eq. (2) holds for any order of the tokens; two are offered (``SamplingConfig.order``):
+
+* ``rank`` (default): decreasing probability, ties by increasing id. Small u picks the most likely
+  token (u -> 0 is greedy decoding at every temperature), so ``u < P(top)`` means "the top token"
+  whatever its id, which is far easier for a student to learn than the position of an id's step
+  in a vocabulary-ordered CDF.
+* ``id``: increasing token id, exactly the paper's Eq. (2).
+
+All CDFs are computed by one helper (``_ordered_cdf``) so that ``pick`` and ``token_interval``
+agree bit for bit: every u drawn inside ``token_interval(P, t)`` picks exactly t.
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ import torch
 
 from .config import SamplingConfig
 
-__all__ = ["warp", "pick", "token_interval", "sample_in_interval", "draw_uniform"]
+__all__ = ["warp", "pick", "token_interval", "sample_in_interval", "draw_uniform", "ORDERS"]
+
+ORDERS = ("rank", "id")  # SamplingConfig.order
 
 
 def warp(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
@@ -37,56 +47,94 @@ def warp(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
         kth = torch.topk(scores, cfg.top_k, dim=-1).values[..., -1:]
         scores = torch.where(scores < kth, neg_inf, scores)
     if cfg.top_p < 1.0:
-        # Descending order, stable so that equal scores keep increasing ids.
-        sorted_scores, order = torch.sort(scores, dim=-1, descending=True, stable=True)
-        sorted_probs = sorted_scores.softmax(-1)
-        mass_before = sorted_probs.cumsum(-1) - sorted_probs
-        drop_sorted = mass_before >= cfg.top_p
-        drop_sorted[..., 0] = False  # always keep the most likely token
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        probs = scores.softmax(-1)
+        # Usually a few dozen tokens reach top_p: try the most likely ones before a full sort.
+        for k in (min(64, probs.shape[-1]), probs.shape[-1]):
+            values, ids = _descending(probs, k)
+            keep = values.cumsum(-1) - values < cfg.top_p  # mass before each token
+            keep[..., 0] = True  # always keep the most likely token
+            kept = keep.sum(-1, keepdim=True)
+            # Exact when every row drops a candidate whose value is below its last kept one:
+            # then no unselected token (all <= the smallest candidate) could be kept.
+            if k == probs.shape[-1] or bool(((kept < k) & (values.gather(-1, kept - 1) > values[..., -1:])).all()):
+                break
+        drop = torch.ones_like(scores, dtype=torch.bool).scatter(-1, ids, ~keep)
         scores = torch.where(drop, neg_inf, scores)
     return scores.softmax(-1)
 
 
-def _cdf(probs: torch.Tensor) -> torch.Tensor:
-    """``(..., V)`` normalised CDF with ``F_V == 1`` exactly, so u in [0, 1) always picks a token."""
-    cdf = probs.to(torch.float64).cumsum(-1)
-    return cdf / cdf[..., -1:]
+def _descending(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest of ``(..., V)`` values and their ids, decreasing, ties by increasing id:
+    the first k of a stable descending sort (up to which ids tied at the k-th value are chosen)."""
+    if k >= x.shape[-1]:
+        return x.sort(dim=-1, descending=True, stable=True)
+    ids = x.topk(k, dim=-1).indices.sort(dim=-1).values
+    values, perm = x.gather(-1, ids).sort(dim=-1, descending=True, stable=True)
+    return values, ids.gather(-1, perm)
 
 
-def pick(u: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """Eq. (2): ``min{j : F_j > u}``.
+def _ordered_cdf(probs: torch.Tensor, order: str) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Tokens in CDF order and their normalised CDF.
+
+    Returns:
+        ``(ids, cdf)``: ``ids`` ``(..., K)`` int64 token ids in CDF order (None for ``id`` order,
+        where the CDF runs over all ids), ``cdf`` ``(..., K)`` float64 with ``cdf[..., -1] == 1``
+        exactly, so u in [0, 1) always picks a token. For ``rank``, K covers every token of
+        nonzero probability (tokens left out have probability 0 and are never picked).
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order={order!r} is invalid: use one of {', '.join(ORDERS)}")
+    probs = probs.to(torch.float64)
+    ids = None
+    if order == "rank":
+        support = int((probs > 0).sum(-1).max())
+        # Few candidates (top-k / top-p) are selected first: much cheaper than a full sort.
+        probs, ids = _descending(probs, max(1, support) if support * 8 < probs.shape[-1] else probs.shape[-1])
+    cdf = probs.cumsum(-1)
+    return ids, cdf / cdf[..., -1:]
+
+
+def pick(u: torch.Tensor, probs: torch.Tensor, order: str = "rank") -> torch.Tensor:
+    """Eq. (2): ``min{j : F_j > u}`` with the tokens in ``order`` (see the module docstring).
 
     Args:
         u: ``(...)`` auxiliary variables in [0, 1) (any float dtype; compared in float64).
         probs: ``(..., V)`` distributions (e.g. from ``warp``).
+        order: ``rank`` (decreasing probability, ties by id) or ``id`` (the paper's increasing id).
     Returns:
         ``(...)`` int64 token ids. A token of probability 0 is never picked, since its CDF step is
         empty; a one-hot distribution picks its token for every u.
     """
-    cdf = _cdf(probs)
+    ids, cdf = _ordered_cdf(probs, order)
     u = u.to(torch.float64).unsqueeze(-1)
-    tokens = torch.searchsorted(cdf.contiguous(), u.contiguous(), right=True).squeeze(-1)
-    return tokens.clamp_max(probs.shape[-1] - 1)
+    index = torch.searchsorted(cdf.contiguous(), u.contiguous(), right=True).clamp_max(cdf.shape[-1] - 1)
+    return (index if ids is None else ids.gather(-1, index)).squeeze(-1)
 
 
-def token_interval(probs: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. (9): the interval ``[F_{t-1}, F_t)`` of u for which ``pick(u, probs) == t``.
+def token_interval(probs: torch.Tensor, tokens: torch.Tensor, order: str = "rank") -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (9): the interval ``[F_{t-1}, F_t)`` of u for which ``pick(u, probs, order) == t``.
 
     Args:
         probs: ``(..., V)`` distributions.
         tokens: ``(...)`` token ids.
+        order: the token order of ``pick``.
     Returns:
         ``(lo, hi)``, each ``(...)`` float64. Empty (``lo == hi``) when ``P_t == 0``.
     """
-    cdf = _cdf(probs)
+    ids, cdf = _ordered_cdf(probs, order)
     tokens = tokens.long().unsqueeze(-1)
-    hi = cdf.gather(-1, tokens).squeeze(-1)
-    lo = torch.where(
-        tokens.squeeze(-1) > 0,
-        cdf.gather(-1, (tokens - 1).clamp_min(0)).squeeze(-1),
-        torch.zeros_like(hi),
-    )
+    found = None
+    if ids is None:
+        index = tokens
+    else:
+        match = ids == tokens
+        found = match.any(-1)
+        index = match.long().argmax(-1, keepdim=True)
+    hi = cdf.gather(-1, index).squeeze(-1)
+    lo = torch.where(index.squeeze(-1) > 0, cdf.gather(-1, (index - 1).clamp_min(0)).squeeze(-1), torch.zeros_like(hi))
+    if found is not None:
+        # A token outside the selected candidates has probability 0: an empty interval at 1.
+        lo, hi = torch.where(found, lo, 1.0), torch.where(found, hi, 1.0)
     return lo, hi
 
 

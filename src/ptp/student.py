@@ -211,15 +211,15 @@ class Student(nn.Module):
             return torch.cat([nan, u[..., :-1].to(torch.float64)], dim=-1)
         return nan.expand(u.shape).clone()
 
-    def draft_tokens(self, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def draft_tokens(self, logits: torch.Tensor, u: torch.Tensor, order: str = "rank") -> torch.Tensor:
         """``(..., V)`` slot logits and ``(...)`` u of the predicted tokens -> ``(...)`` draft tokens.
 
         O-PTP takes the argmax (Eq. 5); C-PTP and MTP model the final sampling distribution and
-        pick with the token's own u (Eq. 7).
+        pick with the token's own u (Eq. 7), in the sampler's token ``order``.
         """
         if self.mode == "o-ptp":
             return logits.argmax(-1)
-        return pick(u, logits.to(torch.float64).softmax(-1))
+        return pick(u, logits.to(torch.float64).softmax(-1), order)
 
     # ---------------------------------------------------------------- persistence
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
