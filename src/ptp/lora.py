@@ -1,7 +1,7 @@
 """Gated LoRA: a low-rank adapter that acts only on draft positions.
 
 Each adapted linear layer computes ``y = W x`` for every position and adds ``B A x * scale`` only on
-the rows where the gate is on. Rows where the gate is off are never touched, so at context and
+the rows where the gate is on (in the activations' dtype; the factors are stored in float32). Rows where the gate is off are never touched, so at context and
 verification positions the student *is* the teacher, bit for bit (as peft's activated LoRA).
 ``B`` starts at zero, so a new student also equals the teacher on draft positions.
 
@@ -65,15 +65,31 @@ class GatedLoRA(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(out_features, rank, dtype=torch.float32, device=weight.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
+    def factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, scale * B)`` in the activations' dtype.
+
+        Without autograd (decoding) the cast copies are cached until the weights change in place
+        (``_version`` counts in-place updates: optimizer steps, ``copy_`` on load), which saves
+        two small copies per layer and call.
+        """
+        if torch.is_grad_enabled():
+            return self.lora_A.to(dtype), (self.lora_B * self.scale).to(dtype)
+        key = (dtype, self.lora_A.device, self.lora_A._version, self.lora_B._version)
+        if getattr(self, "_cached_key", None) != key:
+            with torch.no_grad():
+                self._cached = (self.lora_A.to(dtype), (self.lora_B * self.scale).to(dtype))
+            self._cached_key = key
+        return self._cached
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, seq, in)
         y = self.base(x)
         mask = self.gate.mask
-        if mask is None or x.dim() != 3 or not bool(mask.any()):
+        if mask is None or x.dim() != 3:
             return y
-        rows = x[mask]  # (n_gated, in)
-        delta = (rows.to(self.lora_A.dtype) @ self.lora_A.t()) @ self.lora_B.t() * self.scale
-        # index_put on a copy: gated-off rows keep the exact bits of the base layer.
-        return y.index_put((mask,), y[mask] + delta.to(y.dtype))
+        a, b = self.factors(x.dtype)
+        # The delta of every row in two thin matmuls (cheaper than gathering the gated rows);
+        # where() keeps the exact bits of the base layer on gated-off rows.
+        return torch.where(mask.unsqueeze(-1), y + (x @ a.t()) @ b.t(), y)
 
 
 def inject_gated_lora(
