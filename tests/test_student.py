@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_models import ARCHITECTURES, VOCAB, tiny_teacher
 
-from ptp import Student, UserError
+from ptp import SamplingConfig, Student, UserError
 from ptp.lora import GatedLoRA
 from ptp.masks import additive_mask, training_layout
 from ptp.sampling import draw_uniform
@@ -204,6 +204,19 @@ def test_save_load_round_trip_reproduces_draft_logits(arch, mode, tmp_path):
     loaded = Student.from_pretrained(tmp_path, teacher=tiny_teacher(arch, seed=0))
     assert loaded.config == student.config
     assert torch.equal(student_logits(loaded, batch), before)
+
+
+def test_student_records_the_sampling_it_was_trained_for(tmp_path):
+    sampling = SamplingConfig(temperature=0.7, top_p=0.95, order="id")
+    student = Student.from_teacher(tiny_teacher("llama", seed=0), num_draft_tokens=4, lora_rank=2, sampling=sampling)
+    student.save_pretrained(tmp_path)
+    assert Student.from_pretrained(tmp_path, teacher=tiny_teacher("llama", seed=0)).sampling == sampling
+    assert make_student("llama", "o-ptp").sampling == SamplingConfig()  # none recorded: the defaults
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    config["sampling"]["order"] = "alphabetical"
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(UserError, match="order='alphabetical' is invalid"):
+        Student.from_pretrained(tmp_path, teacher=tiny_teacher("llama", seed=0))
 
 
 def saved_student(tmp_path, arch: str = "llama", mode: str = "c-ptp"):

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .aux_embedding import AuxEmbedding, parse_aux_embedding
+from .config import SamplingConfig
 from .errors import UserError
 from .io import atomic_path, write_json
 from .lora import Gate, GatedLoRA, inject_gated_lora
@@ -53,6 +54,9 @@ class StudentConfig:
         aux_dim: n, the number of threshold / arithmetic-coding features.
         teacher: name or path the teacher is loaded from (recorded for ``from_pretrained``).
         teacher_signature: architecture facts checked when the student is reloaded.
+        sampling: the ``SamplingConfig`` (as a dict) of the teacher samples it was trained on:
+            decoding defaults to it (its token ``order`` above all: drafts learned for one order
+            are wrong under another). None: not recorded.
     """
 
     mode: str = "o-ptp"
@@ -64,6 +68,7 @@ class StudentConfig:
     aux_dim: int = 32
     teacher: str = ""
     teacher_signature: dict[str, Any] = field(default_factory=dict)
+    sampling: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -74,8 +79,10 @@ class StudentConfig:
             raise UserError(f"lora_rank={self.lora_rank!r} is invalid: use an integer >= 1")
         try:
             parse_aux_embedding(self.aux_embedding)
-        except ValueError as e:
-            raise UserError(str(e)) from None
+            if self.sampling is not None:
+                SamplingConfig.from_dict(self.sampling)
+        except (ValueError, TypeError) as e:
+            raise UserError(f"student config: {e}") from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "student config") -> "StudentConfig":
@@ -131,6 +138,7 @@ class Student(nn.Module):
         aux_embedding: str = "ar+lin",
         aux_dim: int = 32,
         teacher_name: str = "",
+        sampling: SamplingConfig | None = None,
     ) -> "Student":
         """Wrap any ``AutoModelForCausalLM`` (its modules are adapted in place, its weights frozen)."""
         config = StudentConfig(
@@ -142,8 +150,14 @@ class Student(nn.Module):
             aux_embedding=aux_embedding,
             aux_dim=aux_dim,
             teacher=teacher_name,
+            sampling=sampling.to_dict() if sampling is not None else None,
         )
         return cls(teacher, config)
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        """The sampling the student was trained for (defaults where none was recorded)."""
+        return SamplingConfig.from_dict(self.config.sampling) if self.config.sampling else SamplingConfig()
 
     @property
     def mode(self) -> str:

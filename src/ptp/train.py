@@ -501,7 +501,8 @@ def build_student(experiment: Experiment) -> Student:
     torch.manual_seed(derived_seed(experiment.data.seed, "init"))
     return Student.from_teacher(teacher, mode=model.mode, num_draft_tokens=model.num_draft_tokens, lora_rank=model.lora_rank,
                                 lora_alpha=model.lora_alpha, lora_targets=model.lora_targets,
-                                aux_embedding=model.aux_embedding, aux_dim=model.aux_dim, teacher_name=model.teacher)
+                                aux_embedding=model.aux_embedding, aux_dim=model.aux_dim, teacher_name=model.teacher,
+                                sampling=experiment.sampling)
 
 
 def _full_parameters(trainer: L.Trainer) -> Any:
