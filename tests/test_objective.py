@@ -12,6 +12,8 @@ from ptp.losses import kl
 from ptp.pregenerate import sample_completions
 from ptp.objective import (
     PTPObjective,
+    _context,
+    _slot_logits,
     draft_inputs,
     gather_windows,
     inverse_autoregressive_u,
@@ -20,7 +22,7 @@ from ptp.objective import (
     window_positions,
 )
 from ptp.sampling import pick, sample_in_interval, warp
-from tiny_models import VOCAB, tiny_teacher
+from tiny_models import ARCHITECTURES, VOCAB, tiny_teacher
 
 N = 4
 
@@ -104,10 +106,28 @@ def test_inverse_autoregressive_u_reproduces_data_tokens(mode):
     u = inverse_autoregressive_u(student, tokens, starts, beta=0.5, generator=g)
     assert u.shape == (3, 2, 6) and ((u >= 0) & (u < 1)).all()
     with torch.no_grad():
-        logits = student(**draft_inputs(student, tokens, starts, u)).logits[:, 14:].unflatten(1, (2, 6))
+        logits = _slot_logits(student, _context(student, tokens, with_logits=False)[1], tokens, starts, u)
     targets = gather_windows(tokens, window_positions(starts, 6))
     assert torch.equal(pick(u, logits.double().softmax(-1)), targets)
     assert torch.equal(student.draft_tokens(logits, u), targets)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("mode", ["o-ptp", "c-ptp"])
+def test_slots_over_a_context_cache_equal_one_call_over_all_rows(arch, mode):
+    """Training's two calls (token rows without autograd, then slots over their cache) give the
+    logits of one call over the whole training layout, and reuse the cache for further slot passes."""
+    student = _student(mode, arch=arch, lora_b=0.2)
+    g = torch.Generator().manual_seed(4)
+    tokens = torch.randint(2, VOCAB, (2, 13), generator=g)
+    starts = sample_starts(2, 13, 3, N, g)
+    u = torch.rand(2, 3, N, dtype=torch.float64, generator=g)
+    with torch.no_grad():
+        whole = student(**draft_inputs(student, tokens, starts, u)).logits
+        token_logits, context = _context(student, tokens, with_logits=True)
+        for _ in range(2):  # the cache is back at the token rows after each pass
+            torch.testing.assert_close(_slot_logits(student, context, tokens, starts, u), whole[:, 13:].unflatten(1, (3, N)))
+    torch.testing.assert_close(token_logits, whole[:, :13])
 
 
 def test_inverse_autoregressive_needs_a_distribution():

@@ -7,15 +7,15 @@
 * Inverse autoregressive training (Alg. 3, C-PTP only): the u are extracted from the student's own
   distributions, one slot at a time (``inverse_autoregressive_u``), so no teacher is needed.
 
-In ptp the teacher is the student with its gate off: the token rows of a training forward are
-exact teacher rows, so the teacher distributions of Eq. (12) come from the same forward call as the
-student's slots.
+In ptp the teacher is the student with its gate off. A training step makes two calls: the token
+rows alone (gate off, no autograd: exact teacher rows, whose logits give the teacher distributions
+of Eq. (12) when a loss needs them), then the draft slots over that call's KV cache, with autograd.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,11 +57,17 @@ class TeacherTargets(NamedTuple):
 def teacher_targets(
     student: Student, tokens: torch.Tensor, sampling: SamplingConfig, with_probs: bool = False
 ) -> TeacherTargets:
-    """One gate-off forward (the teacher) over ``(B, T)`` tokens -> their u-intervals (Eq. 9).
+    """One gate-off forward (the teacher) over ``(B, T)`` tokens -> their u-intervals (Eq. 9)."""
+    return _targets_from_logits(student(tokens).logits, tokens, sampling, with_probs)
+
+
+def _targets_from_logits(logits: torch.Tensor, tokens: torch.Tensor, sampling: SamplingConfig,
+                         with_probs: bool) -> TeacherTargets:
+    """``(B, T, V)`` teacher logits of ``(B, T)`` tokens -> their u-intervals.
 
     ``Q_k = warp(logits at k - 1)`` is the distribution the teacher samples token k from.
     """
-    probs = warp(student(tokens).logits[:, :-1], sampling)  # (B, T-1, V): Q_1 .. Q_{T-1}
+    probs = warp(logits[:, :-1], sampling)  # (B, T-1, V): Q_1 .. Q_{T-1}
     lo, hi = token_interval(probs, tokens[:, 1:], sampling.order)
     lo = F.pad(lo, (1, 0), value=0.0)
     hi = F.pad(hi, (1, 0), value=1.0)
@@ -127,13 +133,30 @@ def draft_inputs(
     }
 
 
-def _forward(
-    student: Student, tokens: torch.Tensor, starts: torch.Tensor, token_u: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training-layout call -> token-row logits ``(B, T, V)`` and slot logits ``(B, W, N, V)``."""
+@torch.no_grad()
+def _context(student: Student, tokens: torch.Tensor, with_logits: bool) -> tuple[torch.Tensor | None, Any]:
+    """The token rows alone, gate off and without autograd: ``(B, T, V)`` teacher logits (or None)
+    and the KV cache the draft slots attend to.
+
+    Token rows hold no trainable weight and slots never feed back into them, so they need no
+    backward pass; with the logits skipped too this makes a training step about twice as cheap
+    as one call over all rows.
+    """
+    out = student(tokens, use_cache=True, logits_to_keep=0 if with_logits else 1)
+    return (out.logits if with_logits else None), out.past_key_values
+
+
+def _slot_logits(student: Student, context: Any, tokens: torch.Tensor, starts: torch.Tensor,
+                 token_u: torch.Tensor) -> torch.Tensor:
+    """Draft slots continuing the ``_context`` cache of ``tokens`` -> slot logits ``(B, W, N, V)``.
+
+    The cache is cropped back to the token rows afterwards, so it serves several slot passes.
+    """
     t = tokens.shape[1]
-    logits = student(**draft_inputs(student, tokens, starts, token_u)).logits
-    return logits[:, :t], logits[:, t:].unflatten(1, token_u.shape[1:])
+    slots = {k: v[:, t:] for k, v in draft_inputs(student, tokens, starts, token_u).items()}
+    logits = student(**slots, past_key_values=context, use_cache=True).logits
+    context.crop(t - context.get_seq_length())
+    return logits.unflatten(1, token_u.shape[1:])
 
 
 @torch.no_grad()
@@ -149,9 +172,9 @@ def inverse_autoregressive_u(
 
     For ``k = 0 .. N-1``, slot k's distribution ``P_k = softmax(logits)`` given ``u_0 .. u_{k-1}``
     (extracted in the previous steps) yields the interval of ``u_k`` that picks the data token
-    (Eq. 9), in which ``u_k`` is drawn with Beta(beta, beta) (App. D). N forward calls of the full
-    training layout, so that the final training forward computes the very same slot logits (slots
-    after k cannot influence slot k, whatever u they carry).
+    (Eq. 9), in which ``u_k`` is drawn with Beta(beta, beta) (App. D). N calls of the slot rows
+    over one context pass, laid out as the final training forward, which so computes the very same
+    slot logits (slots after k cannot influence slot k, whatever u they carry).
 
     Args:
         tokens: ``(B, T)`` data tokens; starts: ``(B, W)`` window starts.
@@ -161,11 +184,19 @@ def inverse_autoregressive_u(
     """
     if student.mode == "o-ptp":
         raise ValueError("inverse autoregressive training needs a distribution per slot: use mode c-ptp (or mtp)")
+    _, context = _context(student, tokens, with_logits=False)
+    return _inverse_u(student, context, tokens, starts, beta, generator, order)
+
+
+@torch.no_grad()
+def _inverse_u(student: Student, context: Any, tokens: torch.Tensor, starts: torch.Tensor, beta: float,
+               generator: torch.Generator | None, order: str) -> torch.Tensor:
+    """``inverse_autoregressive_u`` over the ``_context`` cache of ``tokens``."""
     n = student.num_draft_tokens
     targets = gather_windows(tokens, window_positions(starts, n))
     token_u = torch.full(targets.shape, float("nan"), dtype=torch.float64, device=tokens.device)
     for k in range(n):
-        _, slot_logits = _forward(student, tokens, starts, token_u)
+        slot_logits = _slot_logits(student, context, tokens, starts, token_u)
         # float64 softmax, exactly as Student.draft_tokens, so the picks agree bit for bit.
         lo, hi = token_interval(slot_logits[:, :, k].to(torch.float64).softmax(-1), targets[:, :, k], order)
         token_u[:, :, k] = sample_in_interval(lo, hi, beta, generator)
@@ -233,12 +264,15 @@ class PTPObjective:
         positions = window_positions(starts.to(tokens.device), n)
         window_tokens = gather_windows(tokens, positions)  # (B, W, N)
 
+        needs_q = self.inverse_autoregressive or (self.loss != "ce" and student.mode != "o-ptp")
+        needs_intervals = lo is None and not self.inverse_autoregressive
+        token_logits, context = _context(student, tokens, with_logits=needs_q or needs_intervals)
         if self.inverse_autoregressive:
-            token_u = inverse_autoregressive_u(student, tokens, starts, self.beta, generator, self.sampling.order)
+            token_u = _inverse_u(student, context, tokens, starts, self.beta, generator, self.sampling.order)
             valid = torch.ones_like(window_tokens, dtype=torch.bool)
         else:
             if lo is None:
-                lo, hi, _ = teacher_targets(student, tokens, self.sampling)
+                lo, hi, _ = _targets_from_logits(token_logits, tokens, self.sampling, with_probs=False)
             lo_w = gather_windows(lo.to(tokens.device), positions)
             hi_w = gather_windows(hi.to(tokens.device), positions)
             token_u = sample_in_interval(lo_w, hi_w, self.beta, generator)
@@ -246,10 +280,9 @@ class PTPObjective:
             # rest of its window, which would condition on that u, are left out.
             valid = (hi_w > lo_w).long().cumprod(-1).bool()
 
-        token_logits, slot_logits = _forward(student, tokens, starts, token_u)
-        needs_q = self.inverse_autoregressive or (self.loss != "ce" and student.mode != "o-ptp")
-        # Q_k from token row k - 1 of the same call: gate-off rows are exact teacher rows.
-        q = warp(gather_windows(token_logits.detach(), positions - 1), self.sampling) if needs_q else None
+        slot_logits = _slot_logits(student, context, tokens, starts, token_u)
+        # Q_k from token row k - 1: gate-off rows are exact teacher rows.
+        q = warp(gather_windows(token_logits, positions - 1), self.sampling) if needs_q else None
 
         if self.loss == "ce":
             target = window_tokens

@@ -17,6 +17,7 @@ Which u a slot carries depends on the mode (Sec. 2.1 and App. H):
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -120,6 +121,7 @@ class Student(nn.Module):
             p.requires_grad_(False)
         self.gate = Gate()
         self.adapted = inject_gated_lora(teacher, self.gate, config.lora_rank, config.lora_alpha, config.lora_targets)
+        self._keeps_logits = "logits_to_keep" in inspect.signature(teacher.forward).parameters
         token_emb = teacher.get_input_embeddings().weight.detach()
         self.aux = AuxEmbedding(
             token_emb.shape[1], config.aux_embedding, config.aux_dim, init_bias=token_emb.float().mean(0)
@@ -185,6 +187,7 @@ class Student(nn.Module):
         visible: torch.Tensor | None = None,
         past_key_values: Any = None,
         use_cache: bool = False,
+        logits_to_keep: int = 0,
     ) -> Any:
         """One call over token rows and draft slots.
 
@@ -195,6 +198,8 @@ class Student(nn.Module):
             position_ids: ``(B, T)``; required with ``visible``.
             visible: ``(B, T, past + T)`` bool attention layout (see ``ptp.masks``); None: causal.
             past_key_values: a transformers cache holding ``past`` positions.
+            logits_to_keep: compute logits for the last this many rows only (0: all), where the
+                model supports it: the output layer is a large share of a small model's cost.
         Returns:
             The model's output (``.logits``: ``(B, T, V)``, ``.past_key_values``).
         """
@@ -207,6 +212,7 @@ class Student(nn.Module):
             slot_emb = self.aux(u).to(token_emb.dtype)
             inputs_embeds = torch.where(draft.unsqueeze(-1), slot_emb, token_emb)
         mask = additive_mask(visible, inputs_embeds.dtype) if visible is not None else None
+        extra = {"logits_to_keep": logits_to_keep} if logits_to_keep and self._keeps_logits else {}
         with self.gate.set(draft):
             return self.model(
                 inputs_embeds=inputs_embeds,
@@ -214,6 +220,7 @@ class Student(nn.Module):
                 position_ids=position_ids,
                 past_key_values=past_key_values,
                 use_cache=use_cache,
+                **extra,
             )
 
     def slot_u(self, u: torch.Tensor) -> torch.Tensor:
