@@ -83,6 +83,40 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = "") -
         raise UserError(str(e)) from None
 
 
+def read_line(prompt: str) -> str | None:
+    """One line typed after ``prompt``; None once stdin is at its end or closed (``0<&-``).
+
+    Raises:
+        UserError: the line is not UTF-8.
+    """
+    if not stdin_open():
+        return None
+    try:
+        return check_text(input(prompt), "the input")
+    except EOFError:
+        return None
+    except UnicodeDecodeError:  # a stdin read strictly; others hand the bytes on as surrogates
+        raise _not_utf8("the input") from None
+
+
+def stdin_open() -> bool:
+    """False when the process started with stdin closed (Python sets it to None) or it was closed since."""
+    return sys.stdin is not None and not sys.stdin.closed
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` unless it holds bytes that are not UTF-8 (Python keeps those as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _not_utf8(what) from None
+    return text
+
+
+def _not_utf8(what: str) -> UserError:
+    return UserError(f"{what} is not valid UTF-8 text: type or pass it in UTF-8")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptp", description="Parallel Token Prediction for Hugging Face causal LMs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 from .errors import UserError
 from .experiment import DataConfig
+from .io import check_utf8
 
 # Builders of datasets.load_dataset for single local files, by extension.
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -34,16 +35,35 @@ def load_split(dataset: str, split: str) -> Any:
         kwargs: dict[str, Any] = {"data_files": str(path)}
     else:
         args, kwargs = (str(path) if path.is_dir() else dataset,), {}
+    _check_text_files(path)
     try:
-        rows = datasets.load_dataset(*args, split=split, **kwargs)
+        # Never a dataset's own loading script (older datasets versions would run one).
+        rows = datasets.load_dataset(*args, split=split, trust_remote_code=False, **kwargs)
     except Exception as e:  # datasets raises many unrelated types for unloadable inputs
+        if "corresponds to no data" in str(e):  # datasets' words for a split without rows, e.g. a CSV header alone
+            raise _empty(dataset, split) from None
         raise UserError(
             f"cannot load dataset {dataset!r} split {split!r} ({_first_line(e)}): "
             "pass a local json/jsonl/csv/parquet/txt file or directory, or a dataset name datasets.load_dataset knows"
         ) from None
     if len(rows) == 0:
-        raise UserError(f"dataset {dataset!r} split {split!r} is empty: pass a dataset with examples")
+        raise _empty(dataset, split)
     return rows
+
+
+def _check_text_files(path: Path) -> None:
+    """UserError for a local text dataset file (or one in a local directory) that is empty or not UTF-8.
+
+    datasets reports an empty file with an unrelated error, and bytes that are not UTF-8 only
+    when the example holding them is read, possibly hours into pregeneration.
+    """
+    for file in [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []:
+        if BUILDERS.get(file.suffix.lower(), "parquet") != "parquet" and not check_utf8(file, "dataset file"):
+            raise UserError(f"dataset file {str(file)!r} is empty: pass a file with examples")
+
+
+def _empty(dataset: str, split: str) -> UserError:
+    return UserError(f"dataset {dataset!r} split {split!r} is empty: pass a dataset with examples")
 
 
 def load_rows(cfg: DataConfig) -> Any:
@@ -85,6 +105,18 @@ def check_columns(cfg: DataConfig, columns: list[str]) -> None:
     missing = [c for c in dict.fromkeys(wanted) if c not in columns]
     if missing:
         raise UserError(f"dataset {cfg.dataset!r} has no column {', '.join(map(repr, missing))}: use one of {', '.join(columns)}")
+
+
+def check_context(cfg: DataConfig, model_config: Any) -> None:
+    """UserError if the sequences ``cfg`` builds can be longer than the teacher's context."""
+    if cfg.data_mode == "completions":
+        length, what = cfg.max_prompt_tokens + cfg.completion_tokens, "max_prompt_tokens + completion_tokens"
+        flags = "--max-prompt-tokens or --completion-tokens"
+    else:
+        length, what, flags = cfg.seq_len, "seq_len", "--seq-len"
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if limit is not None and length > limit:
+        raise UserError(f"{what} = {length} exceeds the teacher's context of {limit} tokens: lower {flags} (data section of experiment.yaml)")
 
 
 def is_messages(value: Any) -> bool:

@@ -1,7 +1,9 @@
-"""Atomic writes: every result, shard, checkpoint and config goes through here (temp file + rename)."""
+"""File I/O: atomic writes (every result, shard, checkpoint and config goes through here: temp file + rename), UTF-8 checks."""
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import json
 import os
 import tempfile
@@ -9,13 +11,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import UserError
+
+TEMP_SUFFIX = ".tmp"
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -34,3 +40,22 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def check_utf8(path: str | os.PathLike, what: str) -> bool:
+    """UserError unless the file ``path`` is UTF-8 text; returns whether it holds more than whitespace.
+
+    Reads in chunks, so a large dataset costs one pass and little memory.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    blank, offset = True, 0
+    with open(path, "rb") as f:
+        for chunk in itertools.chain(iter(lambda: f.read(1 << 20), b""), [b""]):  # b"": the end
+            pending = len(decoder.getstate()[0])  # bytes of a character split between chunks
+            try:
+                blank = not decoder.decode(chunk, final=not chunk).strip() and blank
+            except UnicodeDecodeError as e:
+                raise UserError(f"{what} {str(path)!r} is not UTF-8 text ({e.reason} at byte {offset - pending + e.start}): "
+                                "convert it to UTF-8, e.g. with iconv -t utf-8") from None
+            offset += len(chunk)
+    return not blank

@@ -40,9 +40,9 @@ def _first_line(e: Exception) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
 
 
-def load_teacher(name: str, dtype: torch.dtype | str | None = torch.float32, trust_remote_code: bool = False, **kwargs: Any) -> nn.Module:
-    """``AutoModelForCausalLM.from_pretrained`` of the resolved ``name`` in eval mode, or a UserError naming the fix."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_config(name: str, trust_remote_code: bool = False) -> Any:
+    """``AutoConfig`` of the resolved ``name``, or a UserError unless it describes a causal LM."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
 
     path = resolve_model(name)
     try:
@@ -50,8 +50,21 @@ def load_teacher(name: str, dtype: torch.dtype | str | None = torch.float32, tru
     except (OSError, ValueError) as e:
         where = "directory" if os.path.isdir(path) else "model"
         raise UserError(f"cannot load {where} {name!r} ({_first_line(e)}): {FIX}") from None
+    # Remote-code models declare their causal-LM class in auto_map instead of the mapping.
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and "AutoModelForCausalLM" not in (getattr(config, "auto_map", None) or {}):
+        raise UserError(f"{name!r} is not a causal language model (model type {config.model_type!r}): "
+                        "pass a model AutoModelForCausalLM can load, e.g. a Llama, Qwen2 or GPT-2 directory")
+    return config
+
+
+def load_teacher(name: str, dtype: torch.dtype | str | None = torch.float32, trust_remote_code: bool = False, **kwargs: Any) -> nn.Module:
+    """``AutoModelForCausalLM.from_pretrained`` of the resolved ``name`` in eval mode, or a UserError naming the fix."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(name, trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(name), config=config, dtype=dtype,
+                                                     trust_remote_code=trust_remote_code, **kwargs)
     except ValueError as e:
         raise UserError(f"{name!r} is not a causal language model ({_first_line(e)}): pass a model AutoModelForCausalLM can load") from None
     except OSError as e:

@@ -12,7 +12,8 @@ from ..bench import METHODS, check_methods, load_questions, markdown, run_bench,
 from ..cli import dataclass_arguments, dataclass_from_args
 from ..config import DTYPES, DecodeConfig, SamplingConfig
 from ..errors import UserError
-from .generate import encode, load, student_dir
+from ..io import check_utf8
+from .generate import encode, has_chat_template, load, student_dir
 
 HELP = "benchmark ar, hf, verify, pqd and pld on Spec-Bench style questions: MAT, tokens/s, speedup, lossless check"
 
@@ -45,9 +46,18 @@ def run(args: argparse.Namespace) -> int:
     if args.runs < 1:
         raise UserError(f"--runs {args.runs} is invalid: use an integer >= 1")
     methods = check_methods(args.methods)
-    questions = load_questions(args.questions or default_questions(), args.categories, args.limit)
+    questions_file = Path(args.questions or default_questions())
+    if questions_file.is_file():  # load_questions would fail on bytes that are not UTF-8 with a traceback
+        check_utf8(questions_file, "questions file")
+    questions = load_questions(questions_file, args.categories, args.limit)
     directory = student_dir(args.student)  # checked before the slow model load
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # found now, not after the whole benchmark
+        raise UserError(f"--out {str(out)!r} is a file: pass a directory for the results")
     student, tokenizer = load(args, decode)
+    if not has_chat_template(tokenizer) and any(len(q["turns"]) > 1 for q in questions):
+        raise UserError(f"the teacher's tokenizer ({student.config.teacher!r}) has no chat template, which multi-turn "
+                        "questions need: use a chat teacher, or --questions with one turn per question")
 
     from tqdm import tqdm
 
@@ -55,11 +65,10 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=total, desc="bench (question, turn)", unit="turn", file=sys.stderr) as progress:
         result = run_bench(student, tokenizer, questions, methods, sampling, decode.max_new_tokens, args.runs, args.seed,
                            lambda tok, messages: encode(tok, messages, raw=False), directory.resolve().name, progress)
-    config = {"student": str(directory), "questions": str(args.questions or default_questions()), "methods": methods,
+    config = {"student": str(directory), "questions": str(questions_file), "methods": methods,
               "num_questions": len(questions), "max_new_tokens": decode.max_new_tokens, "runs": args.runs,
               "seed": args.seed, "dtype": decode.dtype, "sampling": asdict(sampling)}
     summary = summarize(result, config)
-    out = Path(args.out)
     for note in write_outputs(out, result, summary):
         print(note, file=sys.stderr)
     print(markdown(summary))

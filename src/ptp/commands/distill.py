@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import dataclass_arguments, dataclass_from_args
-from ..data import check_columns, format_fields, is_messages, load_split, prompt_ids, text_sequences
+from ..cli import dataclass_arguments, dataclass_from_args, read_line, stdin_open
+from ..data import check_columns, check_context, format_fields, is_messages, load_split, prompt_ids, text_sequences
 from ..errors import UserError
 from ..experiment import DATA_MODES, DataConfig, Experiment
-from ..models import load_tokenizer, resolve_model
+from ..models import load_config, load_tokenizer
 from ..student import MODES
 
 HELP = "Set up an experiment: distill teacher MODEL on DATASET into DIR/experiment.yaml."
@@ -33,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _interactive() -> bool:
-    return sys.stdin.isatty()
+    return stdin_open() and sys.stdin.isatty()
 
 
 def _ask(question: str, choices: list[str] | None = None, default: str | None = None) -> str:
@@ -41,10 +41,10 @@ def _ask(question: str, choices: list[str] | None = None, default: str | None = 
     hint = f" [{'/'.join(choices)}]" if choices else ""
     hint += f" (default {default})" if default else ""
     while True:
-        try:
-            answer = input(f"{question}{hint}: ").strip() or (default or "")
-        except EOFError:
-            raise UserError(f"no answer to {question!r}: pass it as a flag") from None
+        line = read_line(f"{question}{hint}: ")
+        if line is None:
+            raise UserError(f"no answer to {question!r}: pass it as a flag")
+        answer = line.strip() or (default or "")
         if answer and (choices is None or answer in choices):
             return answer
         print(f"  please answer {' or '.join(choices) if choices else 'something'}")
@@ -120,32 +120,19 @@ def _validate(experiment: Experiment, rows: Any, tokenizer: Any, model_config: A
     check_columns(data, list(rows.column_names))
     if data.data_mode == "completions":
         prompt_ids(rows[0], 0, data, tokenizer)  # renders the first prompt: types, template, format
-        length, what = data.max_prompt_tokens + data.completion_tokens, "--max-prompt-tokens + --completion-tokens"
     else:
         text_sequences(rows.select([0]), data, tokenizer)
-        length, what = data.seq_len, "--seq-len"
-    limit = getattr(model_config, "max_position_embeddings", None)
-    if limit is not None and length > limit:
-        raise UserError(f"{what} = {length} exceeds the teacher's context of {limit} tokens: lower them")
+    check_context(data, model_config)
     available = len(rows) if data.limit is None else min(len(rows), data.limit)
     if data.data_mode == "completions" and available <= data.val_examples:
         raise UserError(f"dataset has {available} examples, not more than --val-examples {data.val_examples}: lower --val-examples or use more data")
-
-
-def _model_config(teacher: str, trust_remote_code: bool) -> Any:
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(resolve_model(teacher), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model {teacher!r} ({(str(e).splitlines() or [''])[0]}): pass a local Hugging Face model directory") from None
 
 
 def run(args: argparse.Namespace) -> int:
     if args.dir is not None:
         _check_free(Path(args.dir))
     trust = bool(args.trust_remote_code)
-    model_config = _model_config(args.teacher, trust)
+    model_config = load_config(args.teacher, trust)
     tokenizer = load_tokenizer(args.teacher, trust_remote_code=trust)
     rows = load_split(args.dataset, args.split or DataConfig.split)
     if args.prompt_format is not None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..cli import dataclass_arguments, dataclass_from_args
+from ..cli import check_text, dataclass_arguments, dataclass_from_args, read_line
 from ..config import DecodeConfig, SamplingConfig
 from ..errors import UserError
 from ..generate import GenerationResult, generate
@@ -52,8 +52,12 @@ def load(args: argparse.Namespace, decode: DecodeConfig) -> tuple[Student, Any]:
     return student, tokenizer
 
 
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
 def encode(tokenizer: Any, messages: list[dict[str, str]], raw: bool) -> torch.Tensor:
-    if raw or not getattr(tokenizer, "chat_template", None):
+    if raw or not has_chat_template(tokenizer):
         if not raw and len(messages) > 1:
             raise UserError("the teacher's tokenizer has no chat template: pass a prompt with --raw, or use a chat model")
         return torch.tensor(tokenizer(messages[-1]["content"])["input_ids"], dtype=torch.long)
@@ -127,16 +131,16 @@ def repl(student: Student, tokenizer: Any, sampling: SamplingConfig, decode: Dec
     print("ptp chat: type a message; /reset clears the history, quit (or Ctrl-D) leaves.", file=sys.stderr)
     while True:
         try:
-            line = input("> ")
-        except EOFError:
-            print(file=sys.stderr)
-            return 0
+            line = read_line("> ")
         except KeyboardInterrupt:
             print(file=sys.stderr)
             continue
-        except UnicodeDecodeError:
-            print("input is not valid UTF-8: type the message again", file=sys.stderr)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
             continue
+        if line is None:  # Ctrl-D, or stdin closed
+            print(file=sys.stderr)
+            return 0
         line = line.strip()
         if not line:
             continue
@@ -163,10 +167,13 @@ def repl(student: Student, tokenizer: Any, sampling: SamplingConfig, decode: Dec
 def run(args: argparse.Namespace) -> int:
     sampling = dataclass_from_args(SamplingConfig, args)
     decode = dataclass_from_args(DecodeConfig, args)
-    if args.prompt is not None and not args.prompt.strip():
+    if args.prompt is not None and not check_text(args.prompt, "PROMPT").strip():
         raise UserError("PROMPT is empty: pass some text, or omit it for the chat REPL")
     student, tokenizer = load(args, decode)
     if args.prompt is None:
+        if not args.raw and not has_chat_template(tokenizer):
+            raise UserError(f"the teacher's tokenizer ({student.config.teacher!r}) has no chat template, so the chat REPL "
+                            "cannot hold a conversation: pass a PROMPT, or --raw to send each line as plain text")
         return repl(student, tokenizer, sampling, decode, args)
     answer(student, tokenizer, encode(tokenizer, [{"role": "user", "content": args.prompt}], args.raw), sampling, decode, args)
     return 0

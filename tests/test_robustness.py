@@ -1,0 +1,188 @@
+"""Robustness (issue 9): bad input gets one line and exit code 2, killed work resumes, nothing unsafe is loaded.
+
+Cases that belong to one command live with its tests (test_distill_pregenerate, test_train,
+test_generate_cli); this file holds the rest: inputs every command shares (models, datasets, student
+directories, text), the chat REPL's terminal events, and SIGKILL at random moments.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from transformers import DistilBertConfig, DistilBertModel
+
+from ptp import Student
+from ptp.cli import main
+from ptp.models import load_teacher
+from ptp.student import CONFIG_NAME, WEIGHTS_NAME
+from tiny_models import tiny_teacher, tiny_tokenizer, write_student
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """A tiny student (root/student) with its teacher and dataset, and the bad inputs built from them."""
+    root = tmp_path_factory.mktemp("robustness")
+    student = write_student(root, num_rows=6)
+    DistilBertModel(DistilBertConfig(vocab_size=97, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(root / "encoder")
+    plain = tiny_tokenizer()
+    plain.chat_template = None
+    tiny_teacher("llama").save_pretrained(root / "plain")
+    plain.save_pretrained(root / "plain")
+    Student.from_teacher(load_teacher(str(root / "plain")), num_draft_tokens=4, lora_rank=4,
+                         teacher_name=str(root / "plain")).save_pretrained(root / "plain-student")
+    for name, teacher in (("gpt2", tiny_teacher("gpt2")), ("vocab", tiny_teacher("llama", vocab=120))):
+        teacher.save_pretrained(root / name)
+        tiny_tokenizer().save_pretrained(root / name)
+        edit_student(student, root / f"student-{name}", lambda c, name=name: c.update(teacher=str(root / name)))
+    edit_student(student, root / "unknown-key", lambda c: c.update(colour=1))
+    edit_student(student, root / "missing-key", lambda c: c.pop("mode"))
+    edit_student(student, root / "no-weights", weights=Path.unlink)
+    edit_student(student, root / "truncated", weights=lambda p: p.write_bytes(p.read_bytes()[:-100]))
+    (root / "empty.jsonl").write_text("")
+    (root / "header.csv").write_text("question\n")
+    (root / "latin1.jsonl").write_bytes('{"question": "caf\u00e9"}\n'.encode("latin-1"))
+    return root
+
+
+def edit_student(source: Path, target: Path, edit=None, weights=None) -> Path:
+    """A copy of a student directory with its config JSON and/or weights file changed."""
+    shutil.copytree(source, target)
+    if edit is not None:
+        config = json.loads((target / CONFIG_NAME).read_text())
+        edit(config)
+        (target / CONFIG_NAME).write_text(json.dumps(config))
+    if weights is not None:
+        weights(target / WEIGHTS_NAME)
+    return target
+
+
+def user_error(argv: list[str], capsys) -> str:
+    """Run ``ptp argv``, expecting a user error: exit code 2, no traceback; returns the one error line."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    # the error is the last line (transformers may draw a weight-loading bar before it)
+    error = err.strip().splitlines()[-1]
+    assert error.startswith(f"ptp {argv[0]}: error: ") and "Traceback" not in err, err
+    assert ": " in error.removeprefix(f"ptp {argv[0]}: error: "), "the message ends with the fix after a colon"
+    return error
+
+
+# ---------------------------------------------------------------- MODEL and DATASET (ptp distill)
+
+
+Q = ["--prompt-column", "question"]
+
+
+@pytest.mark.parametrize(
+    ("model", "dataset", "flags", "message"),
+    [
+        ("missing", "qa.jsonl", Q, "no such directory"),
+        ("encoder", "qa.jsonl", Q, "is not a causal language model (model type 'distilbert')"),
+        ("plain", "qa.jsonl", ["--messages-column", "messages"], "has no chat template"),
+        ("teacher", "missing.jsonl", Q, "cannot load dataset"),
+        ("teacher", "empty.jsonl", Q, "empty.jsonl' is empty"),
+        ("teacher", "header.csv", Q, "split 'train' is empty"),
+        ("teacher", "latin1.jsonl", Q, "is not UTF-8 text (invalid continuation byte at byte 17)"),
+        ("teacher", "qa.jsonl", [*Q, "--max-prompt-tokens", "600"], "exceeds the teacher's context of 512 tokens"),
+    ],
+)
+def test_distill_bad_model_or_dataset(root, tmp_path, capsys, model, dataset, flags, message):
+    argv = ["distill", str(root / model), str(root / dataset), str(tmp_path / "exp"), "--val-examples", "1", *flags]
+    assert message in user_error(argv, capsys)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_distill_with_stdin_closed_names_the_flag(root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", None)  # what Python sets when started with 0<&-
+    argv = ["distill", str(root / "teacher"), str(root / "qa.jsonl"), str(tmp_path / "exp")]
+    assert "pass --prompt-column, --messages-column or --prompt-format" in user_error(argv, capsys)
+
+
+# ---------------------------------------------------------------- student directories and text (ptp generate, ptp bench)
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("student-gpt2", "teacher does not match the student in {dir} (model_type: student 'llama' vs teacher 'gpt2')"),
+        ("student-vocab", "teacher does not match the student in {dir} (vocab_size: student 97 vs teacher 120)"),
+        ("unknown-key", "has unknown keys ['colour']: remove them"),
+        ("missing-key", "lacks keys ['mode']"),
+        ("no-weights", f"{WEIGHTS_NAME} is missing"),
+        ("truncated", f"{WEIGHTS_NAME} is damaged"),
+    ],
+)
+def test_generate_bad_student_directory(root, capsys, variant, message):
+    directory = root / variant
+    assert message.format(dir=directory) in user_error(["generate", str(directory), "the cat"], capsys)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--top-p", "1.5"], "top_p=1.5 is invalid"),
+        (["--top-k", "-1"], "top_k=-1 is invalid"),
+        (["--temperature", "nan"], "temperature=nan is invalid"),
+        (["--max-new-tokens", "-3"], "max_new_tokens=-3 is invalid"),
+    ],
+)
+def test_generate_sampling_out_of_range(root, capsys, flags, message):
+    assert message in user_error(["generate", str(root / "student"), "the cat", *flags], capsys)
+
+
+def test_generate_text_that_is_not_utf8(root, capsys):
+    # A command-line argument's bytes that are not UTF-8 reach Python as lone surrogates.
+    assert "PROMPT is not valid UTF-8 text" in user_error(["generate", str(root / "student"), "the \udcff cat"], capsys)
+
+
+def test_chat_repl_needs_a_chat_template(root, capsys):
+    assert "has no chat template, so the chat REPL" in user_error(["generate", str(root / "plain-student")], capsys)
+
+
+def test_bench_bad_questions_and_output(root, tmp_path, capsys):
+    questions = tmp_path / "questions.jsonl"
+    questions.write_bytes(b'{"question_id": 1, "turns": ["\xff"]}\n')
+    assert "is not UTF-8 text (invalid start byte at byte 30)" in user_error(
+        ["bench", str(root / "student"), "--questions", str(questions)], capsys)
+    questions.write_text(json.dumps({"question_id": 1, "turns": ["the cat", "the dog"]}) + "\n")
+    assert "multi-turn questions need" in user_error(["bench", str(root / "plain-student"), "--questions", str(questions)], capsys)
+    assert "is a file" in user_error(["bench", str(root / "student"), "--questions", str(questions), "--out", str(questions)], capsys)
+
+
+# ---------------------------------------------------------------- the chat REPL's terminal events
+
+
+class Keyboard:
+    """Stands in for ``input``: each item is a line to return or an exception to raise."""
+
+    def __init__(self, *events) -> None:
+        self.events = list(events)
+
+    def __call__(self, prompt: str = "") -> str:
+        event = self.events.pop(0)
+        if isinstance(event, BaseException):
+            raise event
+        return event
+
+
+def test_repl_survives_ctrl_c_bad_bytes_and_ends_on_closed_stdin(root, capsys, monkeypatch):
+    monkeypatch.setattr("builtins.input", Keyboard(
+        KeyboardInterrupt(), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "the \udcff cat", "the cat", EOFError()))
+    assert main(["generate", str(root / "student"), "--max-new-tokens", "3", "--no-baseline"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("error: the input is not valid UTF-8 text: type or pass it in UTF-8") == 2
+    assert err.count("tokens/call") == 1 and "Traceback" not in err
+
+    # Ctrl-C while answering abandons that answer only; a stdin closed since (0<&-) ends the REPL.
+    def interrupted(*args, **kwargs):
+        monkeypatch.setattr("sys.stdin", None)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("builtins.input", Keyboard("the cat"))
+    monkeypatch.setattr("ptp.commands.generate.generate", interrupted)
+    assert main(["generate", str(root / "student"), "--max-new-tokens", "3"]) == 0
+    assert "(interrupted)" in capsys.readouterr().err
