@@ -17,6 +17,7 @@ import time
 import torch
 
 from ptp.default_teacher import DEFAULT_TEACHER
+from ptp.hf_cache import cache_kwarg, output_cache
 from ptp.io import write_json
 from ptp.models import load_teacher
 
@@ -30,7 +31,7 @@ def cost_curve(model: torch.nn.Module, context: int, ks: tuple[int, ...], repeat
     g = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     prompt = torch.randint(vocab, (1, context), generator=g)
-    cache = model(prompt, use_cache=True).past_key_values  # prefill once
+    cache = output_cache(model(prompt, use_cache=True))  # prefill once
     new = {k: torch.randint(vocab, (1, k), generator=g) for k in ks}
     times: dict[int, list[float]] = {k: [] for k in ks}
     # Rounds over all k, rather than all repeats of one k in a row, so that slow drift
@@ -40,7 +41,7 @@ def cost_curve(model: torch.nn.Module, context: int, ks: tuple[int, ...], repeat
             # DynamicCache.crop takes minus the number of tokens to drop (positive values raise in 5.x).
             cache.crop(context - cache.get_seq_length())
             start = time.perf_counter()
-            model(new[k], past_key_values=cache, use_cache=True)
+            model(new[k], use_cache=True, **{cache_kwarg(model): cache})
             if round_ >= warmup:
                 times[k].append((time.perf_counter() - start) * 1e3)
     return times

@@ -47,6 +47,7 @@ import torch
 from .budget import CostCurve
 from .config import SamplingConfig
 from .errors import UserError
+from .hf_cache import cache_kwarg, output_cache
 from .masks import additive_mask, tree_layout
 from .proposers import DecodeState, PromptLookupProposer, Proposer, StudentProposer
 from .sampling import draw_uniform, pick, warp
@@ -106,9 +107,9 @@ def _forward(model: Any, ids: list[int], parents: list[int], draft: torch.Tensor
                     position_ids=position_ids, visible=vis, past_key_values=cache, use_cache=True)
     else:
         mask = None if vis is None else additive_mask(vis, model.get_input_embeddings().weight.dtype)
-        out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
-                    past_key_values=cache, use_cache=True)
-    return out.logits[0], out.past_key_values
+        out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=True,
+                    **{cache_kwarg(model): cache})
+    return out.logits[0], output_cache(out)
 
 
 def _token_chain(model: Any, ids: list[int], cache: Any, past: int) -> tuple[torch.Tensor, Any]:

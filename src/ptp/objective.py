@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import SamplingConfig
+from .hf_cache import output_cache
 from .losses import get_loss
 from .masks import training_layout
 from .metrics import num_accepted, num_correct
@@ -143,7 +144,7 @@ def _context(student: Student, tokens: torch.Tensor, with_logits: bool) -> tuple
     as one call over all rows.
     """
     out = student(tokens, use_cache=True, logits_to_keep=0 if with_logits else 1)
-    return (out.logits if with_logits else None), out.past_key_values
+    return (out.logits if with_logits else None), output_cache(out)
 
 
 def _slot_logits(student: Student, context: Any, tokens: torch.Tensor, starts: torch.Tensor,

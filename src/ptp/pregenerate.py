@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from .config import SamplingConfig
 from .data import load_rows, prompt_ids
 from .errors import UserError
+from .hf_cache import cache_kwarg, output_cache
 from .experiment import Experiment
 from .io import atomic_path, write_json
 from .generate import eos_token_ids
@@ -133,8 +134,8 @@ def sample_completions(
         # Finished rows keep decoding (their tokens are dropped) so the batch stays rectangular.
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
-        out = teacher(input_ids=tokens[:, k : k + 1], attention_mask=mask, position_ids=positions,
-                      past_key_values=out.past_key_values, use_cache=True)
+        out = teacher(input_ids=tokens[:, k : k + 1], attention_mask=mask, position_ids=positions, use_cache=True,
+                      **{cache_kwarg(teacher): output_cache(out)})
     return [(tokens[r, :n].cpu(), lo[r, :n].cpu(), hi[r, :n].cpu()) for r, n in enumerate(lengths.tolist())]
 
 

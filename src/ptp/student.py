@@ -31,6 +31,7 @@ from torch import nn
 from .aux_embedding import AuxEmbedding, parse_aux_embedding
 from .config import SamplingConfig
 from .errors import UserError
+from .hf_cache import cache_kwarg
 from .io import atomic_path, write_json
 from .lora import Gate, GatedLoRA, inject_gated_lora
 from .masks import additive_mask
@@ -201,7 +202,7 @@ class Student(nn.Module):
             logits_to_keep: compute logits for the last this many rows only (0: all), where the
                 model supports it: the output layer is a large share of a small model's cost.
         Returns:
-            The model's output (``.logits``: ``(B, T, V)``, ``.past_key_values``).
+            The model's output (``.logits``: ``(B, T, V)``; ``ptp.hf_cache.output_cache`` gives its cache).
         """
         embed = self.model.get_input_embeddings()
         if draft is None or not bool(draft.any()):
@@ -218,8 +219,8 @@ class Student(nn.Module):
                 inputs_embeds=inputs_embeds,
                 attention_mask=mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
+                **{cache_kwarg(self.model): past_key_values},
                 **extra,
             )
 
