@@ -16,9 +16,9 @@ from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
 from ptp.cli import main
-from ptp.experiment import EXPERIMENT_FILE
+from ptp.experiment import EXPERIMENT_FILE, OptimConfig
 from ptp.student import WEIGHTS_NAME
-from ptp.train import DamagedCheckpoint, read_checkpoint, train
+from ptp.train import DamagedCheckpoint, lr_factor, read_checkpoint, train
 from tiny_models import write_assets
 
 # Small enough for ~1 s per run: 4 draft tokens, rank-4 LoRA, 4 sequences per step.
@@ -210,3 +210,13 @@ def test_text_mode_trains_with_teacher_u(assets, tmp_path, mode, loss):
     result = train(directory, progress=False)
     assert result.status == "done" and result.step == 3 and 0 <= result.metrics["val/correct"] <= 4
     assert (directory / "student" / WEIGHTS_NAME).is_file()
+
+
+def test_learning_rate_warms_up_then_decays_to_the_final_ratio():
+    optim = OptimConfig(lr=1e-3, warmup_steps=10, steps=110, final_lr_ratio=0.1)
+    factors = [lr_factor(step, optim) for step in range(optim.steps)]
+    assert factors[0] == 0.1 and factors[9] == 1.0  # linear warm-up
+    assert factors[10] == 1.0 and abs(factors[-1] - 0.1) < 1e-12  # cosine from the peak to the final ratio
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    constant = OptimConfig(warmup_steps=0, steps=50)
+    assert {lr_factor(step, constant) for step in range(50)} == {1.0}

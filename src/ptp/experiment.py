@@ -183,6 +183,8 @@ class OptimConfig:
         lr: peak learning rate.
         weight_decay: decoupled weight decay.
         warmup_steps: linear warm-up steps before the peak learning rate.
+        final_lr_ratio: learning rate at the last step as a fraction of ``lr``, reached by a
+            cosine decay after the warm-up; 1 keeps the rate constant.
         batch_size: training sequences per step (per device).
         steps: total optimisation steps.
         grad_clip: gradient norm clipping threshold; 0 disables it.
@@ -194,6 +196,7 @@ class OptimConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    final_lr_ratio: float = 1.0
     batch_size: int = 8
     steps: int = 10000
     grad_clip: float = 1.0
@@ -207,6 +210,7 @@ class OptimConfig:
         for name in ("batch_size", "steps", "val_every", "val_windows"):
             _check(getattr(self, name) >= 1, f"{name}={getattr(self, name)!r} is invalid: use an integer >= 1")
         _check(self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps!r} is invalid: use an integer >= 0")
+        _check(0 <= self.final_lr_ratio <= 1, f"final_lr_ratio={self.final_lr_ratio!r} is invalid: use a value in [0, 1]")
 
 
 @dataclass

@@ -240,8 +240,18 @@ class PTPDataModule(L.LightningDataModule):
 # ---------------------------------------------------------------------------------------- model
 
 
+def lr_factor(step: int, optim: OptimConfig) -> float:
+    """Learning rate of step ``step`` relative to ``optim.lr``: linear warm-up, then constant or a
+    cosine decay to ``final_lr_ratio`` at the last step."""
+    warmup = optim.warmup_steps
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, optim.steps - 1 - warmup))
+    return optim.final_lr_ratio + (1 - optim.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class PTPModule(L.LightningModule):
-    """The student under the PTP objective; AdamW with linear warm-up to a constant rate.
+    """The student under the PTP objective; AdamW with linear warm-up, then ``lr_factor``.
 
     Only the gated LoRA and the auxiliary embedding train (the Student freezes the teacher), and
     checkpoints hold only those weights.
@@ -281,8 +291,7 @@ class PTPModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.student.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
-        warmup = self.optim.warmup_steps
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, self.optim))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def trainable_names(self) -> set[str]:
