@@ -7,18 +7,26 @@ directories, text), the chat REPL's terminal events, and SIGKILL at random momen
 
 from __future__ import annotations
 
-import io
 import json
+import multiprocessing
+import random
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import DistilBertConfig, DistilBertModel
 
 from ptp import Student
 from ptp.cli import main
+from ptp.experiment import EXPERIMENT_FILE
 from ptp.models import load_teacher
+from ptp.pregenerate import DATA_DIR
 from ptp.student import CONFIG_NAME, WEIGHTS_NAME
+from ptp.train import CHECKPOINT_DIR, STUDENT_DIR, read_checkpoint
 from tiny_models import tiny_teacher, tiny_tokenizer, write_student
 
 
@@ -186,3 +194,80 @@ def test_repl_survives_ctrl_c_bad_bytes_and_ends_on_closed_stdin(root, capsys, m
     monkeypatch.setattr("ptp.commands.generate.generate", interrupted)
     assert main(["generate", str(root / "student"), "--max-new-tokens", "3"]) == 0
     assert "(interrupted)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- SIGKILL at random moments, then resume
+
+TRAIN = ["--num-draft-tokens", "4", "--lora-rank", "4", "--batch-size", "2", "--steps", "8", "--val-every", "4",
+         "--checkpoint-every", "1", "--keep-checkpoints", "2", "--val-windows", "8", "--warmup-steps", "2", "--lr", "1e-2"]
+PREGENERATE = ["--no-progress", "--batch-size", "1", "--shard-size", "1"]  # a shard (and index write) per example
+
+
+@pytest.fixture(scope="module")
+def experiment(root) -> Path:
+    """A completions experiment small enough that a killed-and-resumed run takes a second or two."""
+    directory = root / "exp"
+    assert main(["distill", str(root / "teacher"), str(root / "qa.jsonl"), str(directory), "--prompt-column", "question",
+                 "--completion-tokens", "8", "--max-prompt-tokens", "32", "--val-examples", "1", *TRAIN]) == 0
+    return directory
+
+
+@pytest.fixture(scope="module")
+def reference(experiment, root) -> Path:
+    """The uninterrupted pregeneration and training of ``experiment``."""
+    directory = copy_experiment(experiment, root / "reference")
+    assert main(["pregenerate", str(directory), *PREGENERATE]) == 0
+    assert main(["train", str(directory), "--no-progress"]) == 0
+    return directory
+
+
+def copy_experiment(source: Path, target: Path, data: bool = False) -> Path:
+    target.mkdir()
+    shutil.copy(source / EXPERIMENT_FILE, target / EXPERIMENT_FILE)
+    if data:
+        shutil.copytree(source / DATA_DIR, target / DATA_DIR)
+    return target
+
+
+def kill_after(argv: list[str], progressed, delay: float) -> bool:
+    """Run ``ptp argv`` in a forked child; SIGKILL it ``delay`` s after ``progressed()`` turns true.
+
+    Forked, not a fresh interpreter: the child starts without importing torch again, so a kill
+    costs only the command's own start-up. Returns whether it was killed (False: it finished first).
+    """
+    child = multiprocessing.get_context("fork").Process(target=main, args=(argv,))
+    child.start()
+    deadline = time.monotonic() + 120
+    while not progressed() and child.is_alive():
+        assert time.monotonic() < deadline, f"ptp {' '.join(argv)} made no progress"
+        time.sleep(0.002)
+    time.sleep(delay)
+    child.kill()
+    child.join()
+    return child.exitcode == -signal.SIGKILL
+
+
+def test_train_resumes_after_sigkill_at_random_moments(experiment, reference, root, capsys):
+    directory = copy_experiment(reference, root / "killed-train", data=True)
+    checkpoints = directory / CHECKPOINT_DIR
+    rng = random.Random(9)
+    saved = 0  # most steps of any checkpoint on disk
+    for _ in range(3):
+        # Each kill comes at a random moment of the steps after the next checkpoint: in a step,
+        # in validation, or in the middle of writing step-N, last or best.
+        assert kill_after(["train", str(directory), "--no-progress"], lambda: newest_step(checkpoints) > saved, rng.uniform(0, 0.15))
+        steps = [read_checkpoint(path)["global_step"] for path in checkpoints.glob("*.ckpt")]  # none is damaged
+        assert max(steps) >= saved + 1  # nothing saved before the kill is lost
+        saved = max(steps)
+    assert saved < 8
+    capsys.readouterr()
+    assert main(["train", str(directory), "--no-progress"]) == 0
+    assert f"at step {saved} of 8" in capsys.readouterr().err  # resumed from the newest save
+    assert not list(checkpoints.glob(".*")), "temporary files of killed saves are removed"
+    got, expected = (load_file(str(d / STUDENT_DIR / WEIGHTS_NAME)) for d in (directory, reference))
+    assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def newest_step(checkpoints: Path) -> int:
+    """Steps of the newest ``step-N`` checkpoint (its name appears only once it is complete)."""
+    return max((int(p.stem.removeprefix("step-")) for p in checkpoints.glob("step-*.ckpt")), default=0)

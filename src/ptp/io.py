@@ -33,6 +33,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def remove_stale_temps(directory: str | os.PathLike) -> None:
+    """Delete the temporary files of writes that a killed process left in ``directory``.
+
+    Only for directories one process writes at a time (an experiment's data or checkpoints):
+    there, any temporary file at start-up belongs to a write that can no longer finish.
+    """
+    for tmp in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

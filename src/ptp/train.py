@@ -26,7 +26,7 @@ leaves the previous file intact): ``step-XXXXXXXX.ckpt`` every ``checkpoint_ever
 the end) and ``best.ckpt`` (highest validation #correct). They are Lightning checkpoints holding
 only the trainable weights (gated LoRA + auxiliary embedding), the optimizer, scheduler and loop
 progress, and the run's OptimConfig; they are read with ``torch.load(weights_only=True)``. A
-damaged checkpoint is skipped, with a note, in favour of the next newest readable one.
+damaged checkpoint is skipped, with a note; a run resumes from the readable one with the most steps.
 """
 
 from __future__ import annotations
@@ -54,10 +54,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, IterableDataset
 
-from .data import load_rows, text_sequences
+from .data import check_context, load_rows, text_sequences
 from .errors import UserError
 from .experiment import Experiment, OptimConfig, TrainerConfig
-from .io import atomic_path
+from .io import atomic_path, remove_stale_temps
 from .models import load_teacher, load_tokenizer
 from .objective import PTPObjective
 from .pregenerate import load_shards
@@ -345,19 +345,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def find_resume(checkpoints: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable checkpoint: ``last``, then the step checkpoints, then ``best``.
+    """The readable checkpoint with the most steps; among equals ``last``, then step checkpoints, then ``best``.
+
+    Comparing steps matters after a kill between two saves of one step boundary (``step-N`` is
+    written before ``last``): the newer file wins, so no finished step is lost.
 
     Raises:
         UserError: checkpoints exist but none is readable.
     """
     candidates = [checkpoints / LAST, *sorted(checkpoints.glob("step-*.ckpt"), reverse=True), checkpoints / BEST]
+    newest: tuple[Path, dict[str, Any]] | None = None
     damaged = []
     for path in (p for p in candidates if p.is_file()):
         try:
-            return path, read_checkpoint(path)
+            checkpoint = read_checkpoint(path)
         except DamagedCheckpoint as e:
             _say(f"ignoring {e}")
             damaged.append(path.name)
+            continue
+        if newest is None or checkpoint["global_step"] > newest[1]["global_step"]:
+            newest = path, checkpoint
+    if newest is not None:
+        return newest
     if damaged:
         raise UserError(f"no readable checkpoint in {checkpoints} ({', '.join(damaged)} damaged): "
                         f"delete {checkpoints} to train from scratch")
@@ -571,6 +580,8 @@ def train(directory: str | Path, optim: dict[str, Any] | None = None, trainer: d
     directory = Path(directory)
     experiment = Experiment.load(directory)
     checkpoints = directory / CHECKPOINT_DIR
+    if checkpoints.is_dir():
+        remove_stale_temps(checkpoints)  # left by a run killed mid-save
     resume = find_resume(checkpoints) if checkpoints.is_dir() else None
     # A run keeps the schedule it started with (same total steps after a kill), unless overridden.
     base_optim = OptimConfig(**resume[1]["ptp"]["optim"]) if resume else experiment.optim
@@ -585,6 +596,7 @@ def train(directory: str | Path, optim: dict[str, Any] | None = None, trainer: d
     ], validate=bool(val_examples), progress=progress)
 
     student = build_student(experiment)
+    check_context(experiment.data, student.model.config)  # experiment.yaml may have been edited since ptp distill
     objective = PTPObjective(loss=experiment.loss.loss, beta=experiment.loss.beta, windows=experiment.loss.windows_per_sequence,
                              sampling=experiment.sampling, inverse_autoregressive=experiment.data.data_mode == "inverse")
     module = PTPModule(student, objective, optim_cfg)
