@@ -1,0 +1,68 @@
+"""How long the suite takes at a scale, from a few timed steps of each of its pieces.
+
+    python benchmarks/paper/suite.py --estimate [--quick]
+
+Times (in CPU seconds of this process, so that other load on the machine does not count) a few
+training steps of every distinct student, of the teacher and of both Table 1 models, on an
+untrained teacher of the same size (the cost of a step does not depend on the weights), plus the
+data preparation and evaluation pieces once each, and scales them by the suite's step counts.
+Nothing is written.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any, Callable
+
+import torch
+from transformers import GPT2LMHeadModel
+
+import evaluation
+from flights import load_flights
+from scale import Scale
+from specs import defaults, table_specs
+from training import RunSpec, dataset_targets, gpt2_config, pregenerate_teacher, train_autoregressive, train_student
+
+PROBE_STEPS = 3
+
+
+def _cpu(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.process_time()
+    value = fn()
+    return value, time.process_time() - start
+
+
+def estimate(scale: Scale, seed: int = 0) -> dict[str, Any]:
+    """Projected CPU seconds of each part of a suite run at ``scale`` (one torch thread)."""
+    data = load_flights(scale.chunk_len)
+    torch.manual_seed(seed)
+    teacher = GPT2LMHeadModel(gpt2_config(scale, 0.1)).eval()
+    parts: dict[str, float] = {}
+    _, ar = train_autoregressive(data.train, scale, PROBE_STEPS, 0.1, "estimate", seed)
+    parts["teacher"] = ar["cpu_seconds_per_step"] * scale.teacher_steps
+    sources = {}
+    sources["teacher"], parts["pregenerate"] = _cpu(lambda: pregenerate_teacher(teacher, data.train, scale, "id", seed))
+    sources["dataset"], parts["dataset targets"] = _cpu(lambda: dataset_targets(teacher, data.train, "id"))
+    sources["student"] = {"tokens": data.train, "first": torch.ones(len(data.train), dtype=torch.int64)}
+    specs = list(dict.fromkeys(spec for table in table_specs(scale).values() for spec in table))
+    parts["students (training)"] = 0.0
+    for spec in specs:
+        _, metrics = train_student(spec, teacher, sources[spec.proposal], scale, PROBE_STEPS, seed)
+        parts["students (training)"] += metrics["cpu_seconds_per_step"] * scale.steps
+    orders = {spec.order for spec in specs}
+    main_set, per_set = _cpu(lambda: evaluation.build_eval_set(teacher, data.test, scale.eval_contexts, 1, max(scale.table8_n), "id", seed))
+    parts["evaluation sets"] = per_set * len(orders)
+    optp = train_student(defaults(scale)[0], teacher, sources["teacher"], scale, 1, seed)[0]
+    _, per_eval = _cpu(lambda: evaluation.correct(optp, main_set, "id"))
+    parts["students (evaluation)"] = per_eval * len(specs)
+    t7_set, parts["Table 7"] = _cpu(lambda: evaluation.build_eval_set(teacher, data.test, scale.table7_contexts, max(scale.table7_m),
+                                                                     scale.num_draft, "id", seed))
+    parts["Table 7"] += _cpu(lambda: evaluation.parallel_selection(optp, t7_set, scale.table7_m, "id"))[1]
+    _, t1_ar = train_autoregressive(data.train, scale, PROBE_STEPS, 0.0, "estimate-ar", seed)
+    spec = RunSpec(mode="c-ptp", loss="ce", proposal="inverse", num_draft=scale.table1_num_draft)
+    _, t1_c = train_student(spec, None, sources["student"], replace(scale, batch=scale.teacher_batch), PROBE_STEPS, seed)
+    parts["Table 1"] = (t1_ar["cpu_seconds_per_step"] + t1_c["cpu_seconds_per_step"]) * scale.table1_steps
+    total = sum(parts.values())
+    return {"parts_cpu_seconds": parts, "students": len(specs), "total_cpu_minutes": total / 60,
+            "note": "Figure 5, data loading and model loading (about a minute together) are not included"}
