@@ -181,3 +181,16 @@ def test_acceptance_model_calibrates():
         model.update(torch.tensor([0.95, 0.95, 0.15, 0.15], dtype=torch.float64), accepted=2)
     rates = model.rates(torch.tensor([0.95, 0.95, 0.15], dtype=torch.float64))
     assert rates[0] > 0.9 and rates[1] > 0.9 and rates[2] < 0.1
+
+
+def test_greedy_in_rank_order_feeds_the_student_u_zero():
+    """u -> 0 picks the most likely token at every temperature in rank order: greedy decoding
+    draws u = 0, so a student trained on sampled text is asked for the greedy continuation."""
+    student = random_student("llama", "o-ptp")
+    prompt = torch.randint(2, 97, (7,), generator=torch.Generator().manual_seed(3))
+    greedy = SamplingConfig(temperature=0.0)
+    result = generate(student, prompt, 12, sampling=greedy, strategy="pqd", cost=CostCurve())
+    assert torch.equal(result.u, torch.zeros(12, dtype=torch.float64))
+    assert result.tokens.tolist() == reference_tokens(student.model, prompt, torch.rand(12, dtype=torch.float64), greedy)
+    drafted = generate(student, prompt, 12, sampling=SamplingConfig(temperature=0.0, order="id"), seed=5, strategy="ar")
+    assert not torch.equal(drafted.u, torch.zeros(12, dtype=torch.float64))  # id order: u stays random

@@ -219,6 +219,16 @@ def test_student_records_the_sampling_it_was_trained_for(tmp_path):
         Student.from_pretrained(tmp_path, teacher=tiny_teacher("llama", seed=0))
 
 
+def test_weights_saved_in_bfloat16_reload_as_their_rounded_values(tmp_path):
+    student = make_student("llama", "o-ptp")
+    randomize_lora(student)
+    student.save_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert {t.dtype for t in load_file(str(tmp_path / WEIGHTS_NAME)).values()} == {torch.bfloat16}
+    loaded = Student.from_pretrained(tmp_path, teacher=tiny_teacher("llama", seed=0))
+    for (name, a), b in zip(student.trainable_state_dict().items(), loaded.trainable_state_dict().values()):
+        assert b.dtype == torch.float32 and torch.equal(b, a.to(torch.bfloat16).float()), name
+
+
 def saved_student(tmp_path, arch: str = "llama", mode: str = "c-ptp"):
     student = make_student(arch, mode)
     randomize_lora(student)

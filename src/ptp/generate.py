@@ -157,7 +157,8 @@ def _step(model: Any, state: DecodeState, proposer: Proposer, u: torch.Tensor, s
     for h, (start, g) in slot_rows.items():
         slot_logits = logits[start : start + g]
         tokens = model.draft_tokens(slot_logits, u[base + h : base + h + g], sampling.order)
-        conf = slot_logits.to(torch.float64).softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        picked = slot_logits.float().gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        conf = (picked - slot_logits.float().logsumexp(-1)).exp().to(torch.float64)  # P(draft token)
         drafts[h] = (tokens, conf)
     kept = state.cached + len(pending) + a
     cache.crop(kept - (state.cached + len(ids)))
@@ -240,7 +241,7 @@ def generate(
         input_ids: ``(T,)`` or ``(1, T)`` prompt token ids.
         sampling: the final distribution (temperature 0 = greedy).
         u: ``(max_new_tokens,)`` auxiliary variables; ``seed`` draws them; with neither a seed is
-            drawn and returned in the result.
+            drawn and returned in the result (greedy sampling in rank order uses u = 0).
         strategy: ``pqd`` (default), ``verify``, ``ar`` or ``pld`` (prompt lookup baseline).
         max_rows: cap on rows per call for ``pqd`` (None: chosen from the cost curve).
         draft_length: slots per draft window, at most the student's N (None: N).
@@ -251,7 +252,11 @@ def generate(
         ``GenerationResult`` with ``tokens[k] == pick(u[k], warp(teacher(prompt + tokens[:k])))``.
     """
     ids = _check_inputs(model, input_ids, max_new_tokens, u)
-    if u is None:
+    if u is None and sampling.greedy and sampling.order == "rank":
+        # Any u gives the argmax under greedy sampling; in rank order u -> 0 is also the argmax at
+        # every temperature, so a student trained on sampled text drafts the greedy continuation.
+        u = torch.zeros(max_new_tokens, dtype=torch.float64)
+    elif u is None:
         seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         u = draw_uniform(max_new_tokens, seed=seed)
     u = u.to(torch.float64).cpu()

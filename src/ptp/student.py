@@ -248,11 +248,16 @@ class Student(nn.Module):
         """Only what training changes: LoRA factors and the auxiliary embedding."""
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``student.safetensors`` (adapter + aux embedding) and ``ptp_student.json``, atomically."""
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write ``student.safetensors`` (adapter + aux embedding) and ``ptp_student.json``, atomically.
+
+        Args:
+            dtype: store the weights in this dtype (e.g. ``torch.bfloat16`` halves the file);
+                None keeps float32. Loading casts them back.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}
+        tensors = {k: v.to(dtype or v.dtype).contiguous().cpu() for k, v in self.trainable_state_dict().items()}
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "pt", "ptp": "student"})
         write_json(directory / CONFIG_NAME, asdict(self.config))
