@@ -9,7 +9,7 @@ import pytest
 from ptp.cli import main
 from tiny_models import write_student
 
-METHODS = ["ar", "hf", "verify", "pqd", "pld"]
+METHODS = ["ar", "hf", "verify", "pqd", "pld", "hf-pld", "mtp", "assisted"]
 QUESTIONS = [
     {"question_id": 7, "category": "qa", "turns": ["the cat sat on the mat", "where is it ?"]},
     {"question_id": "x2", "category": "math", "turns": ["who ran under the tree ?"]},
@@ -21,6 +21,11 @@ def student_dir(tmp_path_factory):
     return write_student(tmp_path_factory.mktemp("bench"))
 
 
+@pytest.fixture(scope="module")
+def mtp_dir(tmp_path_factory):
+    return write_student(tmp_path_factory.mktemp("bench-mtp"), mode="mtp")
+
+
 @pytest.fixture()
 def questions(tmp_path):
     path = tmp_path / "questions.jsonl"
@@ -28,10 +33,11 @@ def questions(tmp_path):
     return path
 
 
-def test_bench_writes_spec_bench_answers_summary_and_plots(student_dir, questions, tmp_path, capsys):
+def test_bench_writes_spec_bench_answers_summary_and_plots(student_dir, mtp_dir, questions, tmp_path, capsys):
     out = tmp_path / "out"
+    assistant = mtp_dir.parent / "teacher"  # same tokenizer; its own copy of the weights
     assert main(["bench", str(student_dir), "--questions", str(questions), "--max-new-tokens", "6",
-                 "--methods", *METHODS, "--out", str(out)]) == 0
+                 "--mtp", str(mtp_dir), "--assistant", str(assistant), "--out", str(out)]) == 0  # default: every method
     printed = capsys.readouterr().out
     assert "| category | method | MAT |" in printed
     for name in [f"{m}.jsonl" for m in METHODS] + ["summary.json", "summary.md", "speedup.png", "accept_lengths.png"]:
@@ -55,8 +61,9 @@ def test_bench_writes_spec_bench_answers_summary_and_plots(student_dir, question
             entry = summary["metrics"][method][category]
             assert entry["mat"] >= 1.0 and "speedup_over_ar" in entry and "speedup_over_hf" in entry
     assert all(summary["metrics"][m][c]["mat"] == 1.0 for m in ("ar", "hf") for c in summary["categories"])
-    assert summary["lossless"] == {"verify": 0, "pqd": 0, "pld": 0}
-    assert "hf" in summary["lossless_note"]
+    assert summary["metrics"]["assisted"]["overall"]["mat"] > 1.0  # the assistant is the teacher itself
+    assert summary["lossless"] == {"verify": 0, "pqd": 0, "pld": 0, "mtp": 0}
+    assert all(m in summary["lossless_note"] for m in ("hf", "hf-pld", "assisted"))
 
 
 @pytest.mark.parametrize(
@@ -66,6 +73,8 @@ def test_bench_writes_spec_bench_answers_summary_and_plots(student_dir, question
         (["--categories", "poetry"], None, "unknown category poetry"),
         (["--methods", "ar", "beam"], None, "unknown method beam"),
         (["--questions", "/nonexistent/q.jsonl"], None, "does not exist"),
+        (["--methods", "ar", "assisted"], None, "pass --assistant"),
+        (["--methods", "mtp"], None, "pass --mtp"),
     ],
 )
 def test_bad_input_is_one_line_user_error(student_dir, questions, tmp_path, capsys, extra, content, message):
@@ -76,3 +85,9 @@ def test_bad_input_is_one_line_user_error(student_dir, questions, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("ptp bench: error:") and message in err[-1]
     assert not (tmp_path / "o").exists()
+
+
+def test_mtp_must_be_an_mtp_student_of_the_same_teacher(student_dir, questions, tmp_path, capsys):
+    argv = ["bench", str(student_dir), "--questions", str(questions), "--out", str(tmp_path / "o"), "--methods", "mtp"]
+    assert main(argv + ["--mtp", str(student_dir)]) == 2
+    assert "holds a o-ptp student" in capsys.readouterr().err

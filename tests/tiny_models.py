@@ -85,12 +85,13 @@ def write_assets(root: Path, num_rows: int) -> dict[str, str]:
     return {"model": str(root / "teacher"), "data": str(root / "qa.jsonl")}
 
 
-def write_student(root: Path, num_rows: int = 4) -> Path:
+def write_student(root: Path, num_rows: int = 4, mode: str = "o-ptp") -> Path:
     """An untrained tiny student saved in ``root/student``, its teacher and tokenizer beside it."""
     from ptp import Student
     from ptp.models import load_teacher
 
     assets = write_assets(root, num_rows)
-    student = Student.from_teacher(load_teacher(assets["model"]), num_draft_tokens=4, lora_rank=4, teacher_name=assets["model"])
+    student = Student.from_teacher(load_teacher(assets["model"]), mode=mode, num_draft_tokens=4, lora_rank=4,
+                                   teacher_name=assets["model"])
     student.save_pretrained(root / "student")
     return root / "student"

@@ -1,9 +1,16 @@
 """Spec-Bench style benchmark: every method answers the same multi-turn questions with the same u.
 
 A question is a chat: turn 1 is asked, the ``ar`` answer is appended as the assistant message, then
-turn 2, and so on. All lossless methods (``ar``, ``verify``, ``pqd``, ``pld``) decode the same prompt
-with the same auxiliary variables u, so their tokens must equal ``ar``'s; ``hf`` (the teacher's own
-``model.generate``) uses Hugging Face's randomness and is timed only, never checked for equality.
+turn 2, and so on. Methods:
+
+* ours, decoding the same prompt with the same auxiliary variables u, so their tokens must equal
+  ``ar``'s (the lossless check): ``ar`` (plain decoding, the baseline), ``verify`` (Algorithm 1),
+  ``pqd`` (Partial Quadratic Decoding), ``pld`` (prompt lookup through our verifier) and ``mtp``
+  (PQD with a student trained as the independent-prediction baseline, when one is given);
+* transformers' own ``model.generate`` with the same sampling settings but its own randomness
+  (timed, never checked for equality): ``hf`` (plain), ``hf-pld`` (its prompt lookup decoding) and
+  ``assisted`` (its assisted generation with an assistant model, when one is given). Their
+  accepted tokens per target call are read from the target model's calls (``TargetCalls``).
 """
 
 from __future__ import annotations
@@ -25,9 +32,22 @@ from .generate import cost_curve_for, generate
 from .io import atomic_path, write_json, write_text
 from .sampling import draw_uniform
 
-METHODS = ("ar", "hf", "verify", "pqd", "pld")
-LOSSLESS = ("verify", "pqd", "pld")  # methods whose tokens must equal ar's for the same u
+METHODS = ("ar", "hf", "verify", "pqd", "pld", "hf-pld", "mtp", "assisted")
+LOSSLESS = ("verify", "pqd", "pld", "mtp")  # methods whose tokens must equal ar's for the same u
+HF_METHODS = ("hf", "hf-pld", "assisted")  # transformers' model.generate, with its own randomness
+NEEDS = {"mtp": "--mtp", "assisted": "--assistant"}  # methods that need a second model
+PLD_TOKENS = 10  # draft length of transformers' prompt lookup, as our pld's
 OVERALL = "overall"
+
+
+@dataclass
+class Models:
+    """What the methods decode with: the PTP student (its gate-off rows are the teacher), and
+    optionally an MTP-baseline student of the same teacher and an assistant model for ``assisted``."""
+
+    student: Any
+    mtp: Any = None
+    assistant: Any = None
 
 
 @dataclass
@@ -104,11 +124,21 @@ def load_questions(path: str | Path, categories: list[str] | None = None, limit:
     return questions
 
 
-def check_methods(methods: list[str]) -> list[str]:
-    """Validated methods in order, with ``ar`` first (it is the baseline and writes the history)."""
+def check_methods(methods: list[str] | None, given: set[str] = frozenset()) -> list[str]:
+    """Validated methods in order, with ``ar`` first (it is the baseline and writes the history).
+
+    Args:
+        methods: the methods asked for; None: every method whose model is given.
+        given: the options of ``NEEDS`` that were passed (``--mtp``, ``--assistant``).
+    """
+    if methods is None:
+        methods = [m for m in METHODS if NEEDS.get(m, "") in given | {""}]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method {', '.join(unknown)}: use {', '.join(METHODS)}")
+    for method in methods:
+        if method in NEEDS and NEEDS[method] not in given:
+            raise UserError(f"method {method} needs a second model: pass {NEEDS[method]} (see ptp bench --help)")
     return ["ar"] + [m for m in dict.fromkeys(methods) if m != "ar"]
 
 
@@ -119,8 +149,39 @@ def turn_u(seed: int, question_id: Any, turn: int, n: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- decoding one turn
 
-def hf_generate(model: Any, ids: torch.Tensor, max_new_tokens: int, sampling: SamplingConfig, seed: int) -> Turn:
-    """Plain ``model.generate`` with the same sampling settings; one call per token (MAT 1.00)."""
+class TargetCalls:
+    """Accepted tokens per call of the target model inside transformers' ``generate``.
+
+    A pre-forward hook records the cache length at each call. After the prefill, every call starts
+    with the last verified token as its first input (the cache holds the verified ones before it),
+    and the cache is cropped to the verified tokens after each verification, so the verified length
+    at call i is ``past_i + 1`` and call i accepted ``past_{i+1} - past_i`` tokens.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.past = model, []
+
+    def __enter__(self) -> "TargetCalls":
+        self.handle = self.model.register_forward_pre_hook(self._record, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.remove()
+
+    def _record(self, module: Any, args: tuple, kwargs: dict) -> None:
+        positions = kwargs.get("position_ids")
+        self.past.append(int(positions.reshape(-1)[0]) if positions is not None else 0)
+
+    def accepted(self, prompt_len: int, new_tokens: int) -> list[int]:
+        """Tokens accepted by each call, given the prompt length and the tokens generated."""
+        verified = [prompt_len] + [p + 1 for p in self.past[1:]] + [prompt_len + new_tokens]
+        return [b - a for a, b in zip(verified, verified[1:]) if b > a]
+
+
+def hf_generate(model: Any, ids: torch.Tensor, max_new_tokens: int, sampling: SamplingConfig, seed: int,
+                **options: Any) -> Turn:
+    """transformers' ``model.generate`` with the same sampling settings (``options``: prompt lookup
+    or an assistant model), its accepted tokens per target call read by ``TargetCalls``."""
     torch.manual_seed(seed)  # HF draws from torch's global generator
     kwargs: dict[str, Any] = {"do_sample": False}
     if not sampling.greedy:
@@ -130,37 +191,41 @@ def hf_generate(model: Any, ids: torch.Tensor, max_new_tokens: int, sampling: Sa
     pad = eos[0] if isinstance(eos, list) else eos
     inputs = ids.unsqueeze(0).to(model.device)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), TargetCalls(model) as calls:
         out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens,
-                             min_new_tokens=0, pad_token_id=pad, **kwargs)
+                             min_new_tokens=0, pad_token_id=pad, **kwargs, **options)
     wall = time.perf_counter() - start
     tokens = out[0, ids.numel():].tolist()
-    return Turn(tokens=tokens, accepted=[1] * len(tokens), wall_time=wall)
+    return Turn(tokens=tokens, accepted=calls.accepted(ids.numel(), len(tokens)), wall_time=wall)
 
 
-def decode_turn(student: Any, method: str, ids: torch.Tensor, max_new_tokens: int, sampling: SamplingConfig,
+def decode_turn(models: Models, method: str, ids: torch.Tensor, max_new_tokens: int, sampling: SamplingConfig,
                 u: torch.Tensor, seed: int) -> Turn:
-    """One method's answer to one prompt (``seed`` only feeds ``hf``; the others use ``u``)."""
-    if method == "hf":
-        return hf_generate(student.model, ids, max_new_tokens, sampling, seed)
-    result = generate(student, ids, max_new_tokens, sampling=sampling, u=u, strategy=method)
+    """One method's answer to one prompt (``seed`` only feeds the ``hf`` methods; ours use ``u``)."""
+    if method in HF_METHODS:
+        options = {"hf": {}, "hf-pld": {"prompt_lookup_num_tokens": PLD_TOKENS},
+                   "assisted": {"assistant_model": models.assistant}}[method]
+        return hf_generate(models.student.model, ids, max_new_tokens, sampling, seed, **options)
+    model, strategy = (models.mtp, "pqd") if method == "mtp" else (models.student, method)
+    result = generate(model, ids, max_new_tokens, sampling=sampling, u=u, strategy=strategy)
     return Turn(tokens=result.tokens.tolist(), accepted=list(result.accepted), wall_time=result.wall_time)
 
 
 # ---------------------------------------------------------------- the benchmark loop
 
-def run_bench(student: Any, tokenizer: Any, questions: list[dict], methods: list[str], sampling: SamplingConfig,
+def run_bench(models: Models, tokenizer: Any, questions: list[dict], methods: list[str], sampling: SamplingConfig,
               max_new_tokens: int, runs: int, seed: int, encode: Callable[[Any, list[dict]], torch.Tensor],
               model_id: str, progress: Any = None) -> BenchResult:
     """Answer every question with every method, ``runs`` times; answers are kept from the first run."""
     result = BenchResult(methods=methods)
-    if "pqd" in methods:
-        cost_curve_for(student)  # measured once, before any timing
-    warm_up(student, tokenizer, questions[0], methods, sampling, encode)
+    for method, model in (("pqd", models.student), ("mtp", models.mtp)):
+        if method in methods:
+            cost_curve_for(model)  # measured once, before any timing
+    warm_up(models, tokenizer, questions[0], methods, sampling, encode)
     for run in range(runs):
         tallies: dict[str, dict[str, Tally]] = {m: defaultdict(Tally) for m in methods}
         for q in questions:
-            answers = ask(student, tokenizer, q, methods, sampling, max_new_tokens, seed, encode, tallies, result, progress)
+            answers = ask(models, tokenizer, q, methods, sampling, max_new_tokens, seed, encode, tallies, result, progress)
             if run == 0:
                 for method in methods:
                     result.answers[method].append(answer_record(q, answers[method], tokenizer, model_id, method))
@@ -168,15 +233,15 @@ def run_bench(student: Any, tokenizer: Any, questions: list[dict], methods: list
     return result
 
 
-def warm_up(student: Any, tokenizer: Any, question: dict, methods: list[str], sampling: SamplingConfig,
+def warm_up(models: Models, tokenizer: Any, question: dict, methods: list[str], sampling: SamplingConfig,
             encode: Callable) -> None:
     """A short untimed pass per method, so one-off start-up costs do not land on the first question."""
     ids = encode(tokenizer, [{"role": "user", "content": question["turns"][0]}])
     for method in methods:
-        decode_turn(student, method, ids, 2, sampling, turn_u(0, "warm-up", 0, 2), 0)
+        decode_turn(models, method, ids, 2, sampling, turn_u(0, "warm-up", 0, 2), 0)
 
 
-def ask(student: Any, tokenizer: Any, q: dict, methods: list[str], sampling: SamplingConfig, max_new_tokens: int,
+def ask(models: Models, tokenizer: Any, q: dict, methods: list[str], sampling: SamplingConfig, max_new_tokens: int,
         seed: int, encode: Callable, tallies: dict, result: BenchResult, progress: Any) -> dict[str, list[Turn]]:
     """All turns of one question for every method; ``ar``'s answer becomes the chat history."""
     messages: list[dict[str, str]] = []
@@ -187,11 +252,11 @@ def ask(student: Any, tokenizer: Any, q: dict, methods: list[str], sampling: Sam
         u = turn_u(seed, q["question_id"], index, max_new_tokens)
         hf_seed = zlib.crc32(f"hf:{seed}:{q['question_id']}:{index}".encode())
         for method in methods:
-            turn = decode_turn(student, method, ids, max_new_tokens, sampling, u, hf_seed)
+            turn = decode_turn(models, method, ids, max_new_tokens, sampling, u, hf_seed)
             answers[method].append(turn)
             for category in (q["category"], OVERALL):
                 tallies[method][category].add(turn)
-            if method != "hf" and turn.tokens != answers["ar"][-1].tokens:
+            if method in LOSSLESS and turn.tokens != answers["ar"][-1].tokens:
                 result.mismatches[method].add((q["question_id"], index))
         messages.append({"role": "assistant", "content": tokenizer.decode(answers["ar"][-1].tokens, skip_special_tokens=True)})
         if progress is not None:
@@ -248,7 +313,7 @@ def summarize(result: BenchResult, config: dict[str, Any]) -> dict[str, Any]:
         "metrics": metrics,
         "lossless": {m: len(result.mismatches.get(m, ())) for m in result.methods if m in LOSSLESS},
         "lossless_note": "answers (question, turn) whose tokens differ from ar's with the same u; "
-                         "hf is excluded (it samples with Hugging Face's own randomness)",
+                         f"{', '.join(HF_METHODS)} are excluded (they sample with transformers' own randomness)",
     }
 
 

@@ -70,15 +70,15 @@ def dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str 
         target.add_argument(flag, **kwargs)
 
 
-def dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = "") -> Any:
-    """Build ``cls`` from the flags set on the command line (defaults for the rest)."""
+def dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = "", base: Any = None) -> Any:
+    """Build ``cls`` from the flags set on the command line (``base``'s values, or the defaults, for the rest)."""
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         value = getattr(args, prefix.replace("-", "_") + f.name, None)
         if value is not None:
             values[f.name] = value
     try:
-        return cls(**values)
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
     except ValueError as e:
         raise UserError(str(e)) from None
 

@@ -8,22 +8,35 @@ from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
-from ..bench import METHODS, check_methods, load_questions, markdown, run_bench, summarize, write_outputs
+import torch
+
+from ..bench import METHODS, Models, check_methods, load_questions, markdown, run_bench, summarize, write_outputs
 from ..cli import dataclass_arguments, dataclass_from_args
 from ..config import DTYPES, DecodeConfig, SamplingConfig
+from ..default_teacher import DEFAULT_TEACHER
+from ..demo import SHIPPED
 from ..errors import UserError
 from ..io import check_utf8
+from ..models import load_teacher
+from ..student import Student
 from .generate import encode, has_chat_template, load, student_dir
 
-HELP = "benchmark ar, hf, verify, pqd and pld on Spec-Bench style questions: MAT, tokens/s, speedup, lossless check"
+HELP = "benchmark decoding methods (ours and transformers') on Spec-Bench style questions: MAT, tokens/s, speedup, lossless check"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("student", metavar="STUDENT_DIR", help="a student directory (or an experiment directory holding student/)")
+    parser.add_argument("student", metavar="STUDENT_DIR", nargs="?", default=str(SHIPPED),
+                        help="a student directory (or an experiment directory holding student/); default: the shipped "
+                             f"student of the default teacher {DEFAULT_TEACHER}")
     parser.add_argument("--questions", metavar="FILE.jsonl", help="Spec-Bench questions (default: the packaged dev_questions.jsonl)")
     # no argparse choices: an unknown method must be a one-line UserError like every other mistake
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
-                        help=f"methods to compare among {', '.join(METHODS)} (ar is always run: it is the baseline)")
+    parser.add_argument("--methods", nargs="+", metavar="METHOD",
+                        help=f"methods to compare among {', '.join(METHODS)} (ar is always run: it is the baseline); "
+                             "default: all whose models are given")
+    parser.add_argument("--mtp", metavar="MTP_DIR", help="a student of the same teacher trained with --mode mtp "
+                        "(the independent-prediction baseline), decoded with PQD as method mtp")
+    parser.add_argument("--assistant", metavar="MODEL", help="assistant model of transformers' assisted generation "
+                        "(method assisted); it must share the teacher's tokenizer")
     parser.add_argument("--limit", type=int, help="only the first N questions (after --categories)")
     parser.add_argument("--categories", nargs="+", metavar="CATEGORY", help="only questions of these categories")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens per answer turn (default 128)")
@@ -32,7 +45,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPES)} (float32: lossless bit for bit)")
     parser.add_argument("--out", default="bench-out", metavar="DIR", help="output directory (default bench-out)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the teacher's own modeling code (off by default)")
-    dataclass_arguments(parser, SamplingConfig, group="sampling")
+    dataclass_arguments(parser, SamplingConfig, group="sampling (default: what the student was trained for)")
+
+
+def load_mtp(args: argparse.Namespace, decode: DecodeConfig, student: Any) -> Any:
+    """The ``--mtp`` student (on its own copy of the teacher), checked to be an MTP baseline of it."""
+    mtp = Student.from_pretrained(student_dir(args.mtp), dtype=getattr(torch, decode.dtype), trust_remote_code=args.trust_remote_code)
+    if mtp.mode != "mtp":
+        raise UserError(f"--mtp {args.mtp!r} holds a {mtp.mode} student: pass one trained with --mode mtp")
+    if mtp.config.teacher_signature != student.config.teacher_signature:
+        raise UserError(f"--mtp {args.mtp!r} was trained on another teacher: pass an MTP student of {student.config.teacher!r}")
+    return mtp.eval()
 
 
 def default_questions() -> Path:
@@ -40,12 +63,12 @@ def default_questions() -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    sampling = dataclass_from_args(SamplingConfig, args)
+    dataclass_from_args(SamplingConfig, args)  # bad values fail now, before the slow model load
     decode = dataclass_from_args(DecodeConfig, argparse.Namespace(max_new_tokens=args.max_new_tokens, dtype=args.dtype,
                                                                  seed=args.seed, strategy="ar"))
     if args.runs < 1:
         raise UserError(f"--runs {args.runs} is invalid: use an integer >= 1")
-    methods = check_methods(args.methods)
+    methods = check_methods(args.methods, {flag for flag, value in (("--mtp", args.mtp), ("--assistant", args.assistant)) if value})
     questions_file = Path(args.questions or default_questions())
     if questions_file.is_file():  # load_questions would fail on bytes that are not UTF-8 with a traceback
         check_utf8(questions_file, "questions file")
@@ -54,7 +77,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # found now, not after the whole benchmark
         raise UserError(f"--out {str(out)!r} is a file: pass a directory for the results")
+    if args.mtp and "mtp" in methods:
+        student_dir(args.mtp)
     student, tokenizer = load(args, decode)
+    sampling = dataclass_from_args(SamplingConfig, args, base=student.sampling)  # flags over the student's own
+    models = Models(student, mtp=load_mtp(args, decode, student) if "mtp" in methods else None,
+                    assistant=load_teacher(args.assistant, dtype=getattr(torch, decode.dtype), trust_remote_code=args.trust_remote_code)
+                    if "assisted" in methods else None)
     if not has_chat_template(tokenizer) and any(len(q["turns"]) > 1 for q in questions):
         raise UserError(f"the teacher's tokenizer ({student.config.teacher!r}) has no chat template, which multi-turn "
                         "questions need: use a chat teacher, or --questions with one turn per question")
@@ -63,9 +92,10 @@ def run(args: argparse.Namespace) -> int:
 
     total = args.runs * sum(len(q["turns"]) for q in questions)
     with tqdm(total=total, desc="bench (question, turn)", unit="turn", file=sys.stderr) as progress:
-        result = run_bench(student, tokenizer, questions, methods, sampling, decode.max_new_tokens, args.runs, args.seed,
+        result = run_bench(models, tokenizer, questions, methods, sampling, decode.max_new_tokens, args.runs, args.seed,
                            lambda tok, messages: encode(tok, messages, raw=False), directory.resolve().name, progress)
-    config = {"student": str(directory), "questions": str(questions_file), "methods": methods,
+    config = {"student": str(directory), "mtp": args.mtp, "assistant": args.assistant,
+              "questions": str(questions_file), "methods": methods,
               "num_questions": len(questions), "max_new_tokens": decode.max_new_tokens, "runs": args.runs,
               "seed": args.seed, "dtype": decode.dtype, "sampling": asdict(sampling)}
     summary = summarize(result, config)

@@ -22,7 +22,7 @@ HELP = "generate with a PTP student: verified text only, tokens per call and spe
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("student", metavar="STUDENT_DIR", help="a student directory (or an experiment directory holding student/)")
     parser.add_argument("prompt", metavar="PROMPT", nargs="?", help="answer this prompt and exit; omit for a chat REPL")
-    dataclass_arguments(parser, SamplingConfig, group="sampling")
+    dataclass_arguments(parser, SamplingConfig, group="sampling (default: what the student was trained for)")
     dataclass_arguments(parser, DecodeConfig, group="decoding")
     parser.add_argument("--raw", action="store_true", help="feed the prompt as plain text, without the chat template")
     parser.add_argument("--no-baseline", action="store_true", help="skip re-running plain decoding to measure the speedup")
@@ -165,11 +165,12 @@ def repl(student: Student, tokenizer: Any, sampling: SamplingConfig, decode: Dec
 
 
 def run(args: argparse.Namespace) -> int:
-    sampling = dataclass_from_args(SamplingConfig, args)
+    dataclass_from_args(SamplingConfig, args)  # bad values fail now, before the slow model load
     decode = dataclass_from_args(DecodeConfig, args)
     if args.prompt is not None and not check_text(args.prompt, "PROMPT").strip():
         raise UserError("PROMPT is empty: pass some text, or omit it for the chat REPL")
     student, tokenizer = load(args, decode)
+    sampling = dataclass_from_args(SamplingConfig, args, base=student.sampling)  # flags over the student's own
     if args.prompt is None:
         if not args.raw and not has_chat_template(tokenizer):
             raise UserError(f"the teacher's tokenizer ({student.config.teacher!r}) has no chat template, so the chat REPL "
