@@ -220,3 +220,15 @@ def test_learning_rate_warms_up_then_decays_to_the_final_ratio():
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
     constant = OptimConfig(warmup_steps=0, steps=50)
     assert {lr_factor(step, constant) for step in range(50)} == {1.0}
+
+
+def test_export_writes_the_student_of_a_checkpoint(experiment, capsys):
+    assert run_train(experiment, "--steps", "2") == 0
+    trained = student_weights(experiment)
+    shutil.rmtree(experiment / "student")
+    assert main(["train", str(experiment), "--export"]) == 0
+    assert "the student of step 2" in capsys.readouterr().out
+    exported = student_weights(experiment)
+    assert exported.keys() == trained.keys() and all(torch.equal(exported[k], trained[k]) for k in trained)
+    assert main(["train", str(experiment), "--export", str(experiment / "nothing.ckpt")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -632,3 +632,33 @@ def train(directory: str | Path, optim: dict[str, Any] | None = None, trainer: d
             student.save_pretrained(directory / STUDENT_DIR)
     result.student = directory / STUDENT_DIR
     return result
+
+
+def export_student(directory: str | Path, checkpoint: str | Path | None = None) -> tuple[Path, int]:
+    """Write ``DIR/student`` from a training checkpoint, without training: try a run in progress
+    or an interrupted one.
+
+    Args:
+        checkpoint: the checkpoint to export; None: the newest readable one in ``DIR/checkpoints``.
+    Returns:
+        The student directory and the checkpoint's step.
+    Raises:
+        UserError: no experiment, no readable checkpoint, or one from another student layout.
+    """
+    directory = Path(directory)
+    experiment = Experiment.load(directory)
+    if checkpoint is None:
+        found = find_resume(directory / CHECKPOINT_DIR) if (directory / CHECKPOINT_DIR).is_dir() else None
+        if found is None:
+            raise UserError(f"{directory} has no checkpoint yet: run ptp train {directory} first")
+        checkpoint, state = found
+    else:
+        if not Path(checkpoint).is_file():
+            raise UserError(f"checkpoint {str(checkpoint)!r} does not exist: pass a .ckpt file written by ptp train")
+        state = read_checkpoint(checkpoint)
+    student = build_student(experiment)
+    module = PTPModule(student, PTPObjective(), experiment.optim)
+    module.check_checkpoint(state, Path(checkpoint))
+    module.load_state_dict(state["state_dict"], strict=False)
+    student.save_pretrained(directory / STUDENT_DIR)
+    return directory / STUDENT_DIR, int(state["global_step"])

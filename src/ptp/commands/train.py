@@ -9,7 +9,7 @@ from typing import Any
 
 from ..cli import dataclass_arguments
 from ..experiment import OptimConfig, TrainerConfig
-from ..train import train
+from ..train import export_student, train
 
 HELP = "Train the student of experiment DIR (Lightning; Ctrl-C saves, rerunning resumes) into DIR/student."
 
@@ -19,6 +19,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     dataclass_arguments(parser, OptimConfig, group="optimisation (overrides experiment.yaml)")
     dataclass_arguments(parser, TrainerConfig, group="trainer (overrides experiment.yaml)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or model summary")
+    parser.add_argument("--export", nargs="?", const="newest", metavar="CHECKPOINT",
+                        help="do not train: write DIR/student from the newest checkpoint (or CHECKPOINT), e.g. to try "
+                             "a run in progress")
 
 
 def _flags(cls: type, args: argparse.Namespace) -> dict[str, Any]:
@@ -27,6 +30,11 @@ def _flags(cls: type, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.export:
+        student, step = export_student(args.dir, None if args.export == "newest" else args.export)
+        print(f"{student}: the student of step {step}")
+        print(f'next: ptp generate {args.dir} "PROMPT"')
+        return 0
     result = train(args.dir, optim=_flags(OptimConfig, args), trainer=_flags(TrainerConfig, args), progress=not args.no_progress)
     if result.rank != 0:  # other processes of a multi-process run stay quiet
         return 130 if result.status == "interrupted" else 0
