@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from tiny_models import ARCHITECTURES, VOCAB, tiny_teacher
 
 from ptp import SamplingConfig, Student, UserError
-from ptp.lora import GatedLoRA
+from ptp.lora import GatedLoRA, _tail
 from ptp.masks import additive_mask, training_layout
 from ptp.sampling import draw_uniform
 from ptp.student import CONFIG_NAME, MODES, WEIGHTS_NAME
@@ -129,6 +129,24 @@ def test_lora_acts_on_draft_rows(arch, mode):
     # Every draft row changes, and the student's own forward equals gating the model by hand.
     assert bool(((out[draft] - ref[draft]).abs().amax(-1) > 1e-4).all())
     assert torch.equal(out, run_model(student, batch, gate=draft))
+
+
+@arch_mode
+@torch.no_grad()
+def test_interleaved_draft_rows_give_the_same_rows(arch, mode):
+    """Slots need not follow the tokens: rows in any order (mask and positions permuted alike) give
+    the same logits, and token rows stay the teacher bit for bit (the adapters' general path)."""
+    student = make_student(arch, mode)
+    randomize_lora(student)
+    batch = training_batch(student)
+    perm = torch.randperm(batch["draft"].shape[1], generator=torch.Generator().manual_seed(2))
+    shuffled = {k: v[:, perm] for k, v in batch.items()}
+    shuffled["visible"] = shuffled["visible"][:, :, perm]
+    assert _tail(shuffled["draft"]) is None and _tail(batch["draft"]) == batch["draft"][0].sum()
+    out = student_logits(student, shuffled)
+    tokens = ~shuffled["draft"]
+    assert torch.equal(out[tokens], run_model(student, shuffled, gate=None)[tokens])
+    torch.testing.assert_close(out, student_logits(student, batch)[:, perm], rtol=1e-4, atol=1e-5)
 
 
 @arch_mode

@@ -25,18 +25,33 @@ except ImportError:  # pragma: no cover - very old transformers
 
 
 class Gate:
-    """Holds the per-token gate of the forward call in progress."""
+    """Holds the per-token gate of the forward call in progress.
+
+    ``tail`` is set when the gated rows are exactly the last ``tail`` rows of every sequence (as in
+    decoding and training calls, where draft slots follow the token rows): the adapters then
+    compute and add their delta on those rows alone.
+    """
 
     def __init__(self) -> None:
         self.mask: torch.Tensor | None = None  # (batch, seq) bool, or None = all off
+        self.tail: int | None = None
 
     @contextmanager
     def set(self, mask: torch.Tensor | None) -> Iterator[None]:
-        previous, self.mask = self.mask, mask
+        previous = self.mask, self.tail
+        self.mask, self.tail = mask, _tail(mask)
         try:
             yield
         finally:
-            self.mask = previous
+            self.mask, self.tail = previous
+
+
+def _tail(mask: torch.Tensor | None) -> int | None:
+    """The number of gated rows if they are exactly the last rows of every sequence, else None."""
+    if mask is None:
+        return None
+    n = int(mask[0].sum())
+    return n if n and bool(mask[:, -n:].all()) and not bool(mask[:, :-n].any()) else None
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int] | None:
@@ -83,12 +98,18 @@ class GatedLoRA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, seq, in)
         y = self.base(x)
-        mask = self.gate.mask
+        mask, tail = self.gate.mask, self.gate.tail
         if mask is None or x.dim() != 3:
             return y
         a, b = self.factors(x.dtype)
-        # The delta of every row in two thin matmuls (cheaper than gathering the gated rows);
-        # where() keeps the exact bits of the base layer on gated-off rows.
+        if tail == x.shape[1]:
+            return y + (x @ a.t()) @ b.t()
+        if tail is not None:
+            # Slots after the token rows: the delta of those rows alone, added in place (a linear
+            # layer's output is not needed by its backward); token rows keep their exact bits.
+            y[:, -tail:] += (x[:, -tail:] @ a.t()) @ b.t()
+            return y
+        # Any other layout: the delta of every row, kept only on gated rows by where().
         return torch.where(mask.unsqueeze(-1), y + (x @ a.t()) @ b.t(), y)
 
 
