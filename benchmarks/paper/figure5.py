@@ -125,8 +125,9 @@ def plot(maps: dict[str, torch.Tensor], bad: dict[str, torch.Tensor], symbols: l
 
 
 def figure5(teacher: GPT2LMHeadModel, students: dict[str, Student], chunks: torch.Tensor, symbols: list[str],
-            size: int, order: str, seed: int, path: Path) -> dict[str, float]:
-    """Draw the figure to ``path``; returns the incompatible share of each panel."""
+            size: int, order: str, seed: int, path: Path) -> dict[str, dict[str, float]]:
+    """Draw the figure to ``path``; returns each panel's incompatible share and the share of the
+    square where its pair is the teacher's (both tokens correct under the same u)."""
     n = max(s.num_draft_tokens for s in students.values())
     context = choose_context(teacher, chunks, n, order, seed)
     q1, q2 = pair_distributions(teacher, context, order)
@@ -135,4 +136,5 @@ def figure5(teacher: GPT2LMHeadModel, students: dict[str, Student], chunks: torc
     bad = {name: incompatible(pairs, q2) for name, pairs in maps.items()}
     names = symbols + ["BOS"]
     plot(maps, bad, names, [names[i] for i in context.tolist()], path)
-    return {name: float(b.double().mean()) for name, b in bad.items()}
+    return {"incompatible": {name: float(b.double().mean()) for name, b in bad.items()},
+            "same_as_teacher": {name: float((pairs == maps["teacher"]).all(-1).double().mean()) for name, pairs in maps.items()}}

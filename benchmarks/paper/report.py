@@ -107,15 +107,17 @@ def write_report(results: dict[str, Any], path: Path, scale: Scale) -> None:
     discussion.append(_verdict(_above(optp, mtp), f"Table 2: O-PTP {optp['correct']:.2f} vs MTP {mtp['correct']:.2f} correct tokens."))
 
     # ------------------------------------------------------------------ figure 5
-    fig = results["figure5"]["incompatible"]
+    fig, same = results["figure5"]["incompatible"], results["figure5"]["same_as_teacher"]
     parts.append("## Figure 5: two-token outputs over the unit square of (u_1, u_2)\n")
     parts.append("![Figure 5](figures/figure5.png)\n")
-    parts.append(_table(["panel", "paper: incompatible", "ours: incompatible"], [
-        [k, PAPER_FIG5.get(k, "0% (reference)"), f"{100 * v:.1f}%"] for k, v in fig.items()]))
+    parts.append(_table(["panel", "paper: incompatible", "ours: incompatible", "ours: same pair as the teacher"], [
+        [k, PAPER_FIG5.get(k, "0% (reference)"), f"{100 * v:.1f}%", f"{100 * same[k]:.1f}%"] for k, v in fig.items()]))
     parts.append("\nIncompatible: the teacher gives the second destination probability below 2% after the first "
-                 "(the teacher's own share is the floor).\n")
+                 "(the teacher's own share is the floor). Same pair: both tokens equal the teacher's under the same u.\n")
     discussion.append(_verdict(fig["O-PTP"] < fig["MTP"], f"Figure 5: incompatible pairs O-PTP {100 * fig['O-PTP']:.1f}% vs MTP "
                                                           f"{100 * fig['MTP']:.1f}% (teacher floor {100 * fig['teacher']:.1f}%)."))
+    discussion.append(_verdict(same["O-PTP"] > same["MTP"], f"Figure 5: the pair equals the teacher's on {100 * same['O-PTP']:.1f}% "
+                                                            f"of the square for O-PTP vs {100 * same['MTP']:.1f}% for MTP."))
 
     # ------------------------------------------------------------------ table 4
     parts.append("## Table 4: losses x proposal distributions (#correct)\n")

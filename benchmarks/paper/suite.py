@@ -169,9 +169,8 @@ class Suite:
         def compute() -> dict[str, Any]:
             optp, _, mtp = defaults(self.scale)
             students = {"O-PTP": self.student(optp), "MTP": self.student(mtp)}
-            shares = figure5(self.teacher, students, self.data.test, self.data.symbols, self.scale.fig5_grid, "id", SEED,
-                             self.store.out / "figure5.png")
-            return {"incompatible": shares}
+            return figure5(self.teacher, students, self.data.test, self.data.symbols, self.scale.fig5_grid, "id", SEED,
+                           self.store.out / "figure5.png")
 
         result = self.store.cached("figure5", compute)
         path.parent.mkdir(parents=True, exist_ok=True)
