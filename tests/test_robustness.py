@@ -7,8 +7,10 @@ directories, text), the chat REPL's terminal events, and SIGKILL at random momen
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
+import os
 import random
 import shutil
 import signal
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import DistilBertConfig, DistilBertModel
 
@@ -24,7 +27,7 @@ from ptp import Student
 from ptp.cli import main
 from ptp.experiment import EXPERIMENT_FILE
 from ptp.models import load_teacher
-from ptp.pregenerate import DATA_DIR
+from ptp.pregenerate import DATA_DIR, INDEX_FILE
 from ptp.student import CONFIG_NAME, WEIGHTS_NAME
 from ptp.train import CHECKPOINT_DIR, STUDENT_DIR, read_checkpoint
 from tiny_models import tiny_teacher, tiny_tokenizer, write_student
@@ -34,7 +37,7 @@ from tiny_models import tiny_teacher, tiny_tokenizer, write_student
 def root(tmp_path_factory) -> Path:
     """A tiny student (root/student) with its teacher and dataset, and the bad inputs built from them."""
     root = tmp_path_factory.mktemp("robustness")
-    student = write_student(root, num_rows=6)
+    student = write_student(root, num_rows=16)
     DistilBertModel(DistilBertConfig(vocab_size=97, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(root / "encoder")
     plain = tiny_tokenizer()
     plain.chat_template = None
@@ -198,7 +201,7 @@ def test_repl_survives_ctrl_c_bad_bytes_and_ends_on_closed_stdin(root, capsys, m
 
 # ---------------------------------------------------------------- SIGKILL at random moments, then resume
 
-TRAIN = ["--num-draft-tokens", "4", "--lora-rank", "4", "--batch-size", "2", "--steps", "8", "--val-every", "4",
+TRAIN = ["--num-draft-tokens", "4", "--lora-rank", "4", "--batch-size", "2", "--steps", "16", "--val-every", "4",
          "--checkpoint-every", "1", "--keep-checkpoints", "2", "--val-windows", "8", "--warmup-steps", "2", "--lr", "1e-2"]
 PREGENERATE = ["--no-progress", "--batch-size", "1", "--shard-size", "1"]  # a shard (and index write) per example
 
@@ -229,22 +232,97 @@ def copy_experiment(source: Path, target: Path, data: bool = False) -> Path:
     return target
 
 
-def kill_after(argv: list[str], progressed, delay: float) -> bool:
-    """Run ``ptp argv`` in a forked child; SIGKILL it ``delay`` s after ``progressed()`` turns true.
+def edit_experiment(directory: Path, section: str, **values) -> None:
+    raw = yaml.safe_load((directory / EXPERIMENT_FILE).read_text())
+    raw[section].update(values)
+    (directory / EXPERIMENT_FILE).write_text(yaml.safe_dump(raw))
 
-    Forked, not a fresh interpreter: the child starts without importing torch again, so a kill
-    costs only the command's own start-up. Returns whether it was killed (False: it finished first).
+
+def test_damaged_or_foreign_pregenerated_data(reference, root, capsys):
+    directory = copy_experiment(reference, root / "broken-data", data=True)
+    index_file = directory / DATA_DIR / INDEX_FILE
+    index = json.loads(index_file.read_text())
+    index_file.write_text(json.dumps({k: v for k, v in index.items() if k not in ("done", "complete")}))
+    for command in ("pregenerate", "train"):
+        assert "index.json is damaged (no complete, done): delete its directory" in user_error([command, str(directory)], capsys)
+    index_file.write_text(json.dumps(index))
+    shard = directory / DATA_DIR / index["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-50])
+    assert "shard-00000.safetensors is missing or damaged" in user_error(["train", str(directory)], capsys)
+    # experiment.yaml now names another teacher (another vocabulary) than the data were sampled from
+    edit_experiment(directory, "model", teacher=str(root / "vocab"))
+    assert "was generated with another configuration or dataset" in user_error(["train", str(directory)], capsys)
+
+
+def test_pregenerate_checks_an_edited_experiment_against_the_context(experiment, root, capsys):
+    directory = copy_experiment(experiment, root / "long")
+    edit_experiment(directory, "data", completion_tokens=600)
+    assert "= 632 exceeds the teacher's context of 512 tokens" in user_error(["pregenerate", str(directory)], capsys)
+    assert not (directory / DATA_DIR).exists()
+
+
+def start(argv: list[str], die_at_rename: int = 0) -> multiprocessing.Process:
+    """``ptp argv`` in a forked child (no fresh interpreter: a run costs only the command's own start-up).
+
+    With ``die_at_rename=n`` the child SIGKILLs itself in its n-th atomic write, after writing the
+    temporary file and before renaming it into place.
     """
-    child = multiprocessing.get_context("fork").Process(target=main, args=(argv,))
+
+    def run() -> None:
+        if die_at_rename:
+            renames, replace = itertools.count(1), os.replace
+            os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL) if next(renames) == die_at_rename else replace(*a)
+        main(argv)
+
+    child = multiprocessing.get_context("fork").Process(target=run)
     child.start()
+    return child
+
+
+def kill_after(child: multiprocessing.Process, progressed, delay: float) -> bool:
+    """SIGKILL ``child`` ``delay`` s after ``progressed()`` turns true; whether it was killed (not finished first)."""
     deadline = time.monotonic() + 120
     while not progressed() and child.is_alive():
-        assert time.monotonic() < deadline, f"ptp {' '.join(argv)} made no progress"
+        assert time.monotonic() < deadline, "no progress"
         time.sleep(0.002)
     time.sleep(delay)
     child.kill()
+    return died_of_sigkill(child)
+
+
+def died_of_sigkill(child: multiprocessing.Process) -> bool:
     child.join()
     return child.exitcode == -signal.SIGKILL
+
+
+def test_pregenerate_resumes_after_sigkill_at_random_moments(experiment, reference, root):
+    directory = copy_experiment(experiment, root / "killed-pregenerate")
+    data = directory / DATA_DIR
+    rng = random.Random(5)
+    done = 0  # examples the index lists
+    argv = ["pregenerate", str(directory), *PREGENERATE]
+    for _ in range(3):
+        # Each kill comes at a random moment of the examples after the next one listed: while
+        # sampling, or in the middle of writing a shard or the index.
+        assert kill_after(start(argv), lambda: listed(data) > done, rng.uniform(0, 0.03))
+        index = json.loads((data / INDEX_FILE).read_text())
+        for shard in index["shards"]:  # every listed shard is whole and holds its examples
+            assert load_file(str(data / shard["file"]))["examples"].tolist() == list(range(shard["start"], shard["stop"]))
+        assert index["done"] > done  # nothing listed before the kill is lost
+        done = index["done"]
+    # And once for certain inside a write: the next shard is in place, the index naming it is not.
+    assert died_of_sigkill(start(argv, die_at_rename=2))
+    assert listed(data) == done and list(data.glob(".index.json.*.tmp"))
+    assert main(argv) == 0
+    # The same files as the uninterrupted run, byte for byte, and no temporary file left.
+    names = sorted(p.name for p in (reference / DATA_DIR).iterdir())
+    assert sorted(p.name for p in data.iterdir()) == names
+    assert all((data / name).read_bytes() == (reference / DATA_DIR / name).read_bytes() for name in names)
+
+
+def listed(data: Path) -> int:
+    """Examples the index lists (it is replaced atomically, so it is always whole)."""
+    return json.loads((data / INDEX_FILE).read_text())["done"] if (data / INDEX_FILE).is_file() else 0
 
 
 def test_train_resumes_after_sigkill_at_random_moments(experiment, reference, root, capsys):
@@ -252,17 +330,20 @@ def test_train_resumes_after_sigkill_at_random_moments(experiment, reference, ro
     checkpoints = directory / CHECKPOINT_DIR
     rng = random.Random(9)
     saved = 0  # most steps of any checkpoint on disk
-    for _ in range(3):
-        # Each kill comes at a random moment of the steps after the next checkpoint: in a step,
-        # in validation, or in the middle of writing step-N, last or best.
-        assert kill_after(["train", str(directory), "--no-progress"], lambda: newest_step(checkpoints) > saved, rng.uniform(0, 0.15))
+    argv = ["train", str(directory), "--no-progress"]
+    for die_at_rename in (0, 0, 0, 2):
+        # Each kill comes at a random moment of the steps after the next checkpoint (in a step, in
+        # validation, or while writing step-N, last or best); the last one for certain inside the
+        # write of last.ckpt after the next step-N.
+        child = start(argv, die_at_rename)
+        assert died_of_sigkill(child) if die_at_rename else kill_after(child, lambda: newest_step(checkpoints) > saved, rng.uniform(0, 0.1))
         steps = [read_checkpoint(path)["global_step"] for path in checkpoints.glob("*.ckpt")]  # none is damaged
         assert max(steps) >= saved + 1  # nothing saved before the kill is lost
         saved = max(steps)
-    assert saved < 8
+    assert list(checkpoints.glob(".last.ckpt.*.tmp"))
     capsys.readouterr()
-    assert main(["train", str(directory), "--no-progress"]) == 0
-    assert f"at step {saved} of 8" in capsys.readouterr().err  # resumed from the newest save
+    assert main(argv) == 0
+    assert f"at step {saved} of 16" in capsys.readouterr().err  # resumed from the newest save
     assert not list(checkpoints.glob(".*")), "temporary files of killed saves are removed"
     got, expected = (load_file(str(d / STUDENT_DIR / WEIGHTS_NAME)) for d in (directory, reference))
     assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in expected)

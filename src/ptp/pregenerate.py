@@ -31,14 +31,14 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .config import SamplingConfig
-from .data import load_rows, prompt_ids
+from .data import check_context, load_rows, prompt_ids
 from .errors import UserError
 from .hf_cache import cache_kwarg, output_cache
 from .experiment import Experiment
-from .io import atomic_path, write_json
+from .io import remove_stale_temps, write_bytes, write_json
 from .generate import eos_token_ids
 from .models import load_teacher, load_tokenizer
 from .sampling import draw_uniform, pick, token_interval, warp
@@ -46,6 +46,8 @@ from .sampling import draw_uniform, pick, token_interval, warp
 DATA_DIR = "data"
 INDEX_FILE = "index.json"
 SHARD_FORMAT = "ptp-completions-1"
+INDEX_KEYS = {"format", "config", "num_examples", "done", "complete", "shards"}
+SHARD_TENSORS = {"tokens", "offsets", "prompt_lens", "examples", "lo", "hi"}
 
 
 @dataclass
@@ -157,12 +159,14 @@ def _read_index(data_dir: Path, expected: dict[str, Any], num_examples: int) -> 
     if not path.is_file():
         return {"format": SHARD_FORMAT, "config": expected, "num_examples": num_examples, "done": 0, "complete": False, "shards": []}
     index = _load_json(path)
-    if index.get("config") != expected or index.get("num_examples") != num_examples:
-        raise UserError(
-            f"{data_dir} was generated with another configuration or dataset: delete {data_dir} to regenerate, "
-            "or restore the experiment.yaml and dataset it was made with"
-        )
+    if index["config"] != expected or index["num_examples"] != num_examples:
+        raise _made_otherwise(data_dir)
     return index
+
+
+def _made_otherwise(data_dir: Path) -> UserError:
+    return UserError(f"{data_dir} was generated with another configuration or dataset: delete {data_dir} to regenerate, "
+                     "or restore the experiment.yaml and dataset it was made with")
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -172,6 +176,9 @@ def _load_json(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is damaged ({e}): delete its directory and rerun ptp pregenerate") from None
     if not isinstance(index, dict) or index.get("format") != SHARD_FORMAT:
         raise UserError(f"{path} is not a ptp pregeneration index: delete its directory and rerun ptp pregenerate")
+    missing = sorted(INDEX_KEYS - set(index))
+    if missing:
+        raise UserError(f"{path} is damaged (no {', '.join(missing)}): delete its directory and rerun ptp pregenerate")
     return index
 
 
@@ -194,8 +201,9 @@ def _write_shard(path: Path, examples: list[int], prompts: list[list[int]], comp
         "lo": torch.cat(lo),
         "hi": torch.cat(hi),
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": SHARD_FORMAT})
+    # Serialized here and written by write_bytes: safetensors' own save_file writes through a
+    # temporary file of its own (.tmpXXXXXX), which a kill would leave behind.
+    write_bytes(path, save(tensors, metadata={"format": SHARD_FORMAT}))
     return sum(len(c[0]) for c in completions)
 
 
@@ -212,6 +220,7 @@ def pregenerate(directory: str | Path, run: PregenerateConfig | None = None) -> 
     if data.data_mode != "completions":
         raise UserError(f"{directory} uses data mode {data.data_mode!r}: ptp train reads its text directly, no pregeneration needed")
     data_dir = directory / DATA_DIR
+    remove_stale_temps(data_dir)  # left by a run killed mid-write
     tokenizer = load_tokenizer(model.teacher, trust_remote_code=model.trust_remote_code)
     rows = load_rows(data)
     index = _read_index(data_dir, fingerprint(experiment), len(rows))
@@ -221,6 +230,7 @@ def pregenerate(directory: str | Path, run: PregenerateConfig | None = None) -> 
 
     device = _device(run.device)
     teacher = load_teacher(model.teacher, dtype=getattr(torch, model.teacher_dtype), trust_remote_code=model.trust_remote_code).to(device)
+    check_context(data, teacher.config)  # experiment.yaml may have been edited since ptp distill
     eos_ids = eos_token_ids(teacher, tokenizer)
     from tqdm.auto import tqdm
 
@@ -269,6 +279,8 @@ def load_shards(directory: str | Path, require_complete: bool = True) -> list[di
     if not path.is_file():
         raise UserError(f"{directory} has no pregenerated data: run ptp pregenerate {directory}")
     index = _load_json(path)
+    if index["config"] != fingerprint(Experiment.load(directory)):  # e.g. another teacher: its vocabulary may differ
+        raise _made_otherwise(data_dir)
     if require_complete and not index["complete"]:
         raise UserError(f"pregeneration in {directory} stopped at example {index['done']} of {index['num_examples']}: rerun ptp pregenerate {directory} to finish it")
     examples = []
@@ -277,6 +289,9 @@ def load_shards(directory: str | Path, require_complete: bool = True) -> list[di
             tensors = load_file(str(data_dir / shard["file"]))
         except (SafetensorError, OSError, ValueError) as e:
             raise UserError(f"shard {data_dir / shard['file']} is missing or damaged ({e}): delete {data_dir} and rerun ptp pregenerate") from None
+        if not SHARD_TENSORS <= set(tensors):
+            raise UserError(f"shard {data_dir / shard['file']} is damaged (no {', '.join(sorted(SHARD_TENSORS - set(tensors)))}): "
+                            f"delete {data_dir} and rerun ptp pregenerate")
         offsets = tensors["offsets"].tolist()
         for j, example in enumerate(tensors["examples"].tolist()):
             a, b = offsets[j], offsets[j + 1]

@@ -580,8 +580,7 @@ def train(directory: str | Path, optim: dict[str, Any] | None = None, trainer: d
     directory = Path(directory)
     experiment = Experiment.load(directory)
     checkpoints = directory / CHECKPOINT_DIR
-    if checkpoints.is_dir():
-        remove_stale_temps(checkpoints)  # left by a run killed mid-save
+    remove_stale_temps(checkpoints)  # left by a run killed mid-save
     resume = find_resume(checkpoints) if checkpoints.is_dir() else None
     # A run keeps the schedule it started with (same total steps after a kill), unless overridden.
     base_optim = OptimConfig(**resume[1]["ptp"]["optim"]) if resume else experiment.optim
