@@ -81,18 +81,18 @@ class GatedLoRA(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A, scale * B)`` in the activations' dtype.
+        """``(A^T, scale * B^T)``, ``(in, r)`` and ``(r, out)``, in the activations' dtype.
 
-        Without autograd (decoding) the cast copies are cached until the weights change in place
-        (``_version`` counts in-place updates: optimizer steps, ``copy_`` on load), which saves
+        Without autograd (decoding) they are cached as contiguous copies until the weights change in
+        place (``_version`` counts in-place updates: optimizer steps, ``copy_`` on load), which saves
         two small copies per layer and call.
         """
         if torch.is_grad_enabled():
-            return self.lora_A.to(dtype), (self.lora_B * self.scale).to(dtype)
+            return self.lora_A.to(dtype).t(), (self.lora_B * self.scale).to(dtype).t()
         key = (dtype, self.lora_A.device, self.lora_A._version, self.lora_B._version)
         if getattr(self, "_cached_key", None) != key:
             with torch.no_grad():
-                self._cached = (self.lora_A.to(dtype), (self.lora_B * self.scale).to(dtype))
+                self._cached = (self.lora_A.to(dtype).t().contiguous(), (self.lora_B * self.scale).to(dtype).t().contiguous())
             self._cached_key = key
         return self._cached
 
@@ -101,16 +101,20 @@ class GatedLoRA(nn.Module):
         mask, tail = self.gate.mask, self.gate.tail
         if mask is None or x.dim() != 3:
             return y
-        a, b = self.factors(x.dtype)
+        a_t, b_t = self.factors(x.dtype)
         if tail == x.shape[1]:
-            return y + (x @ a.t()) @ b.t()
+            return y + (x @ a_t) @ b_t
         if tail is not None:
             # Slots after the token rows: the delta of those rows alone, added in place (a linear
             # layer's output is not needed by its backward); token rows keep their exact bits.
-            y[:, -tail:] += (x[:, -tail:] @ a.t()) @ b.t()
+            if x.shape[0] == 1 and not torch.is_grad_enabled():
+                # Decoding: 2-D matmuls and a fused add (small calls here cost their overhead).
+                y[0, -tail:].addmm_(torch.mm(x[0, -tail:], a_t), b_t)
+            else:
+                y[:, -tail:] += (x[:, -tail:] @ a_t) @ b_t
             return y
         # Any other layout: the delta of every row, kept only on gated rows by where().
-        return torch.where(mask.unsqueeze(-1), y + (x @ a.t()) @ b.t(), y)
+        return torch.where(mask.unsqueeze(-1), y + (x @ a_t) @ b_t, y)
 
 
 def inject_gated_lora(
