@@ -35,7 +35,7 @@ class Scale:
     teacher_steps: int = 1500
     teacher_batch: int = 32
     teacher_lr: float = 2e-3
-    steps: int = 300
+    steps: int = 400
     batch: int = 16
     windows: int = 4
     lr: float = 3e-3
