@@ -338,3 +338,12 @@ def test_failed_load_leaves_teacher_usable(tmp_path):
     assert not any(isinstance(m, GatedLoRA) for m in teacher.modules())
     (tmp_path / WEIGHTS_NAME).write_bytes(weights)
     Student.from_pretrained(tmp_path, teacher=teacher)
+
+
+def test_config_with_a_mistyped_value_is_refused(tmp_path):
+    student_path = saved_student(tmp_path)
+    config = json.loads((student_path / CONFIG_NAME).read_text())
+    config["num_draft_tokens"] = "four"
+    (student_path / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(UserError, match="num_draft_tokens = 'four' is invalid: expected a int"):
+        Student.from_pretrained(student_path, teacher=tiny_teacher("llama", seed=0))

@@ -29,7 +29,7 @@ import torch
 from .config import SamplingConfig
 from .errors import UserError
 from .generate import cost_curve_for, generate
-from .io import atomic_path, write_json, write_text
+from .io import atomic_path, check_utf8, write_json, write_text
 from .sampling import draw_uniform
 
 METHODS = ("ar", "hf", "verify", "pqd", "pld", "hf-pld", "mtp", "assisted")
@@ -95,6 +95,7 @@ def load_questions(path: str | Path, categories: list[str] | None = None, limit:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"questions file {str(path)!r} does not exist: pass a Spec-Bench question.jsonl")
+    check_utf8(path, "questions file")
     questions = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -95,3 +100,44 @@ class DecodeConfig:
 
 
 DTYPES = ("float32", "bfloat16", "float64")
+
+
+def config_from_dict(cls: type, data: Any, where: str) -> Any:
+    """A config dataclass from a mapping, checking keys and value types against its fields."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"{where} has unknown keys {unknown}: remove them (known: {sorted(known)})")
+    values = {key: _typed(hints[key], value, f"{where}.{key}") for key, value in data.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: {e}") from None
+
+
+def _typed(hint: Any, value: Any, where: str) -> Any:
+    """``value`` if it has type ``hint`` (ints accepted for floats), else a UserError."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        if isinstance(value, list) and all(isinstance(v, args[0]) for v in value):
+            return value
+    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif hint in (str, bool) and isinstance(value, hint):
+        return value
+    elif typing.get_origin(hint) is dict and isinstance(value, dict):
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise UserError(f"{where} = {value!r} is invalid: expected a {name}")

@@ -8,7 +8,6 @@ the help texts. YAML is only their serialisation.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .config import SamplingConfig
+from .config import SamplingConfig, config_from_dict
 from .errors import UserError
 from .io import write_text
 from .student import StudentConfig
@@ -292,7 +291,7 @@ class Experiment:
         missing = sorted({"data", "model"} - set(data))
         if missing:
             raise UserError(f"{source} lacks sections {missing}: rerun ptp distill")
-        built = {name: _build(section_cls, data[name], f"{source}: {name}") for name, section_cls in sections.items() if name in data}
+        built = {name: config_from_dict(section_cls, data[name], f"{source}: {name}") for name, section_cls in sections.items() if name in data}
         try:
             return cls(**built)
         except ValueError as e:
@@ -317,42 +316,3 @@ class Experiment:
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): fix it or rerun ptp distill") from None
         return cls.from_dict(data, source=str(path))
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """A config dataclass from a mapping, checking keys and value types against its fields."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UserError(f"{where} must be a mapping of keys to values")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UserError(f"{where} has unknown keys {unknown}: remove them (known: {sorted(known)})")
-    values = {key: _typed(hints[key], value, f"{where}.{key}") for key, value in data.items()}
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{where}: {e}") from None
-
-
-def _typed(hint: Any, value: Any, where: str) -> Any:
-    """``value`` if it has type ``hint`` (ints accepted for floats), else a UserError."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        args = typing.get_args(hint)
-    if typing.get_origin(hint) is list:
-        if isinstance(value, list) and all(isinstance(v, args[0]) for v in value):
-            return value
-    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    elif hint in (str, bool) and isinstance(value, hint):
-        return value
-    name = getattr(hint, "__name__", str(hint))
-    raise UserError(f"{where} = {value!r} is invalid: expected a {name}")

@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .aux_embedding import AuxEmbedding, parse_aux_embedding
-from .config import SamplingConfig
+from .config import SamplingConfig, config_from_dict
 from .errors import UserError
 from .hf_cache import cache_kwarg
-from .io import atomic_path, write_json
+from .io import write_bytes, write_json
 from .lora import Gate, GatedLoRA, inject_gated_lora
 from .masks import additive_mask
 from .sampling import pick
@@ -88,14 +88,11 @@ class StudentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "student config") -> "StudentConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{source} has unknown keys {unknown}: remove them (known: {sorted(known)})")
+        """From a saved config, with a UserError for unknown or missing keys and mistyped values."""
         missing = sorted({"mode", "num_draft_tokens", "teacher"} - set(data))
         if missing:
             raise UserError(f"{source} lacks keys {missing}: re-save the student with Student.save_pretrained")
-        return cls(**data)
+        return config_from_dict(cls, data, source)
 
 
 def teacher_signature(teacher: nn.Module) -> dict[str, Any]:
@@ -258,8 +255,9 @@ class Student(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.to(dtype or v.dtype).contiguous().cpu() for k, v in self.trainable_state_dict().items()}
-        with atomic_path(directory / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt", "ptp": "student"})
+        # Serialised here and written by ptp.io (safetensors' own file writing leaves temporary
+        # files behind when killed).
+        write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt", "ptp": "student"}))
         write_json(directory / CONFIG_NAME, asdict(self.config))
 
     @classmethod

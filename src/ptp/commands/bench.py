@@ -16,7 +16,6 @@ from ..config import DTYPES, DecodeConfig, SamplingConfig
 from ..default_teacher import DEFAULT_TEACHER
 from ..demo import SHIPPED
 from ..errors import UserError
-from ..io import check_utf8
 from ..models import load_teacher
 from ..student import Student
 from .generate import encode, has_chat_template, load, student_dir
@@ -70,8 +69,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--runs {args.runs} is invalid: use an integer >= 1")
     methods = check_methods(args.methods, {flag for flag, value in (("--mtp", args.mtp), ("--assistant", args.assistant)) if value})
     questions_file = Path(args.questions or default_questions())
-    if questions_file.is_file():  # load_questions would fail on bytes that are not UTF-8 with a traceback
-        check_utf8(questions_file, "questions file")
     questions = load_questions(questions_file, args.categories, args.limit)
     directory = student_dir(args.student)  # checked before the slow model load
     out = Path(args.out)
