@@ -21,6 +21,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from ptp import Student
+from ptp.io import atomic_path
 from ptp.parallel_sampling import draft_after
 from ptp.sampling import pick, warp
 
@@ -119,8 +120,8 @@ def plot(maps: dict[str, torch.Tensor], bad: dict[str, torch.Tensor], symbols: l
         ax.set_ylabel("$u_2$")
     fig.suptitle("after " + " ".join(context[-6:]), fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 import time
@@ -33,7 +34,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from ptp import Student  # noqa: E402
-from ptp.io import atomic_path, write_json  # noqa: E402
+from ptp.io import write_bytes, write_json  # noqa: E402
+from safetensors.torch import load_file, save  # noqa: E402
 from transformers import GPT2LMHeadModel  # noqa: E402
 
 import evaluation  # noqa: E402
@@ -74,13 +76,15 @@ class Store:
         say(f"{name}: {result['seconds']:.0f} s ({result['cpu_seconds']:.0f} s CPU)")
         return result
 
-    def tensors(self, name: str, compute: Callable[[], Any]) -> Any:
-        path = self.out / "data" / f"{name}.pt"
+    def tensors(self, name: str, compute: Callable[[], Any], cls: type | None = None) -> Any:
+        """``compute()``'s tensors (a dict, or a dataclass ``cls`` of tensors), cached in safetensors."""
+        path = self.out / "data" / f"{name}.safetensors"
         if path.is_file():
-            return torch.load(path, weights_only=False)
+            data = load_file(str(path))
+            return cls(**data) if cls is not None else data
         value = compute()
-        with atomic_path(path) as tmp:
-            torch.save(value, tmp)
+        data = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        write_bytes(path, save({k: v.contiguous() for k, v in data.items()}))
         return value
 
 
@@ -122,7 +126,7 @@ class Suite:
         name = f"eval-{order}-{contexts}x{draws}"
         if name not in self._eval:
             self._eval[name] = self.store.tensors(name, lambda: evaluation.build_eval_set(
-                self.teacher, self.data.test, contexts, draws, n, order, SEED))
+                self.teacher, self.data.test, contexts, draws, n, order, SEED), evaluation.EvalSet)
         return self._eval[name]
 
     def student_dir(self, spec: RunSpec) -> Path:
@@ -173,8 +177,7 @@ class Suite:
                            self.store.out / "figure5.png")
 
         result = self.store.cached("figure5", compute)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes((self.store.out / "figure5.png").read_bytes())
+        write_bytes(path, (self.store.out / "figure5.png").read_bytes())
         return result
 
 
