@@ -352,3 +352,30 @@ def test_train_resumes_after_sigkill_at_random_moments(experiment, reference, ro
 def newest_step(checkpoints: Path) -> int:
     """Steps of the newest ``step-N`` checkpoint (its name appears only once it is complete)."""
     return max((int(p.stem.removeprefix("step-")) for p in checkpoints.glob("step-*.ckpt")), default=0)
+
+
+# ---------------------------------------------------------------- nothing unsafe is loaded
+
+SOURCES = sorted((Path(__file__).parent.parent / "src" / "ptp").rglob("*.py"))
+SOURCES += sorted((Path(__file__).parent.parent / "benchmarks").rglob("*.py"))
+
+
+def test_every_torch_load_refuses_pickled_code_and_remote_code_stays_off():
+    loads = []
+    for path in SOURCES:
+        text = path.read_text()
+        assert "pickle.load" not in text and "trust_remote_code=True" not in text, path
+        for call in text.split("torch.load(")[1:]:
+            loads.append(path.name)
+            assert "weights_only=True" in call.split("\n")[0], f"{path}: torch.load without weights_only=True"
+    assert set(loads) == {"train.py"}  # the one pickle format ptp reads: its own Lightning checkpoints
+
+
+def test_trust_remote_code_is_off_unless_asked(experiment):
+    import inspect
+
+    from ptp.models import load_config, load_teacher, load_tokenizer
+
+    assert yaml.safe_load((experiment / EXPERIMENT_FILE).read_text())["model"]["trust_remote_code"] is False
+    for load in (load_config, load_teacher, load_tokenizer):
+        assert inspect.signature(load).parameters["trust_remote_code"].default is False, load.__name__
