@@ -117,10 +117,11 @@ def test_interrupted_runs_resume_to_the_uninterrupted_weights(experiment, tmp_pa
     # Ctrl-C (a real SIGINT) during the end of step 2: the flag is read at the next step
     # boundary, so step 3 completes, last.ckpt holds step 3 and the command exits with 130.
     monkeypatch.setattr("ptp.commands.train.train", functools.partial(train, callbacks=[Interrupt(2, signal_=True)]))
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under a shell's background job
     assert run_train(experiment) == 130
     assert "stopped at step 3 of 6" in capsys.readouterr().err
     assert read_checkpoint(experiment / "checkpoints" / "last.ckpt")["global_step"] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Lightning's SIG_IGN undone
+    assert signal.getsignal(signal.SIGINT) is before  # ptp's handler (and Lightning's SIG_IGN) undone
     monkeypatch.undo()
 
     # A bare KeyboardInterrupt (not through ptp's handler) after step 5: saved at step 5.
