@@ -7,6 +7,7 @@ directories, text), the chat REPL's terminal events, and SIGKILL at random momen
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import multiprocessing
@@ -26,7 +27,7 @@ from transformers import DistilBertConfig, DistilBertModel
 from ptp import Student
 from ptp.cli import main
 from ptp.experiment import EXPERIMENT_FILE
-from ptp.models import load_teacher
+from ptp.models import load_config, load_teacher, load_tokenizer
 from ptp.pregenerate import DATA_DIR, INDEX_FILE
 from ptp.student import CONFIG_NAME, WEIGHTS_NAME
 from ptp.train import CHECKPOINT_DIR, STUDENT_DIR, read_checkpoint
@@ -356,8 +357,8 @@ def newest_step(checkpoints: Path) -> int:
 
 # ---------------------------------------------------------------- nothing unsafe is loaded
 
-SOURCES = sorted((Path(__file__).parent.parent / "src" / "ptp").rglob("*.py"))
-SOURCES += sorted((Path(__file__).parent.parent / "benchmarks").rglob("*.py"))
+REPOSITORY = Path(__file__).parent.parent
+SOURCES = sorted((REPOSITORY / "src" / "ptp").rglob("*.py")) + sorted((REPOSITORY / "benchmarks").rglob("*.py"))
 
 
 def test_every_torch_load_refuses_pickled_code_and_remote_code_stays_off():
@@ -372,10 +373,6 @@ def test_every_torch_load_refuses_pickled_code_and_remote_code_stays_off():
 
 
 def test_trust_remote_code_is_off_unless_asked(experiment):
-    import inspect
-
-    from ptp.models import load_config, load_teacher, load_tokenizer
-
     assert yaml.safe_load((experiment / EXPERIMENT_FILE).read_text())["model"]["trust_remote_code"] is False
     for load in (load_config, load_teacher, load_tokenizer):
         assert inspect.signature(load).parameters["trust_remote_code"].default is False, load.__name__

@@ -27,7 +27,7 @@ def test_shipped_files_are_small_safetensors_in_bfloat16():
     with safe_open(str(SHIPPED / WEIGHTS_NAME), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
     config = json.loads((SHIPPED / CONFIG_NAME).read_text())
-    assert config["teacher"] == "smollm2-135m-instruct" and config["mode"] == "o-ptp"
+    assert config["teacher"] == DEFAULT_TEACHER and config["mode"] == "o-ptp"
     assert (SHIPPED / "README.md").is_file()  # the model card
 
 
@@ -38,10 +38,14 @@ def student():
     return student
 
 
+@pytest.fixture(scope="module")
+def prompt() -> torch.Tensor:
+    return encode(load_tokenizer(DEFAULT_TEACHER), [{"role": "user", "content": "Tell me a story."}], raw=False)
+
+
 @pytest.mark.parametrize("sampling", [SamplingConfig(temperature=0.7, top_p=0.95), SamplingConfig(temperature=0.0),
                                       SamplingConfig(temperature=1.0, top_k=20)], ids=["trained", "greedy", "top-k"])
-def test_shipped_student_decodes_the_teachers_own_samples(student, sampling):
-    prompt = encode(load_tokenizer(DEFAULT_TEACHER), [{"role": "user", "content": "Tell me a story."}], raw=False)
+def test_shipped_student_decodes_the_teachers_own_samples(student, prompt, sampling):
     runs = {s: generate(student, prompt, 24, sampling=sampling, seed=3, strategy=s) for s in ("ar", "verify", "pqd")}
     assert all(torch.equal(r.tokens, runs["ar"].tokens) for r in runs.values())
     assert runs["verify"].calls <= runs["ar"].calls
