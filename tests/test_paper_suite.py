@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "benchmarks" / "paper" / "suite.py"
 HEADINGS = ("## Table 1", "## Table 2", "## Figure 5", "## Table 4", "## Table 5", "## Table 6", "## Table 7", "## Table 8",
-            "## Extra: token order", "## Discussion")
+            "## Extra: token order", "## Longer training", "## Discussion")
 NUMBER = re.compile(r"\d+\.\d+")
 
 
@@ -43,12 +43,15 @@ def test_quick_suite_fills_every_table_and_resumes(tmp_path):
     assert "nan" not in text.lower()
     verdicts = re.findall(r"- \*\*(agrees|differs)\*\*", text)
     assert len(verdicts) >= 12, "a computed verdict per paper trend"
-    figure = report.parent / "figures" / "figure5.png"
-    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for figure in ("figure5.png", "curves.png"):
+        assert (report.parent / "figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     results = json.loads((out / "results.json").read_text())
     assert all(0.0 <= r["correct"] <= r["spec"]["num_draft"] for r in results["runs"].values())
     assert len(results["runs"]) == len(set(results["runs"])) >= 30
+    curves = results["curves"]["runs"]
+    assert len(curves) == 4 and all([p["step"] for p in r["points"]] == [4, 8] for r in curves.values())
+    assert all(0.0 <= p["first_slot"] <= 1.0 for r in curves.values() for p in r["points"])
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if p.name != "results.json"}
     _run(out, report)  # resumes: nothing is recomputed
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

@@ -22,7 +22,7 @@ import evaluation
 from figure5 import student_map
 from flights import load_flights
 from scale import Scale
-from specs import defaults, table_specs
+from specs import curve_specs, defaults, table_specs
 from training import RunSpec, dataset_targets, gpt2_config, pregenerate_teacher, train_autoregressive, train_student
 
 PROBE_STEPS = 3
@@ -55,16 +55,16 @@ def estimate(scale: Scale, seed: int = 0) -> dict[str, Any]:
     sources["dataset"], parts["dataset targets"] = _cpu(lambda: dataset_targets(teacher, data.train, "id"))
     sources["student"] = {"tokens": data.train, "first": torch.ones(len(data.train), dtype=torch.int64)}
     specs = list(dict.fromkeys(spec for table in table_specs(scale).values() for spec in table))
-    parts["students (training)"] = 0.0
-    for spec in specs:
-        _, metrics = train_student(spec, teacher, sources[spec.proposal], scale, PROBE_STEPS, seed)
-        parts["students (training)"] += metrics["cpu_seconds_per_step"] * scale.steps
+    per_step = {spec: train_student(spec, teacher, sources[spec.proposal], scale, PROBE_STEPS, seed)[1]["cpu_seconds_per_step"]
+                for spec in specs}
+    parts["students (training)"] = sum(per_step.values()) * scale.steps
+    parts["longer runs"] = sum(per_step[spec] for spec in curve_specs(scale)) * scale.curve_steps
     orders = {spec.order for spec in specs}
     main_set, cpu = _cpu(lambda: evaluation.build_eval_set(teacher, data.test, small.eval_contexts, 1, max(scale.table8_n), "id", seed))
     parts["evaluation sets"] = cpu * SHRINK * len(orders)
     optp = train_student(defaults(scale)[0], teacher, sources["teacher"], scale, 1, seed)[0]
     _, cpu = _cpu(lambda: evaluation.correct(optp, main_set, "id"))
-    parts["students (evaluation)"] = cpu * SHRINK * len(specs)
+    parts["students (evaluation)"] = cpu * SHRINK * (len(specs) + len(curve_specs(scale)) * len(scale.curve_points))
     _, cpu = _cpu(lambda: evaluation.parallel_selection(optp, evaluation.build_eval_set(
         teacher, data.test, small.table7_contexts, max(scale.table7_m), scale.num_draft, "id", seed), scale.table7_m, "id"))
     parts["Table 7"] = cpu * SHRINK

@@ -88,6 +88,20 @@ def summary(values: torch.Tensor, num_draft: int) -> dict[str, float]:
             "accepted": float(num_accepted(values.flatten(), num_draft).double().mean())}
 
 
+def first_slot_share(values: torch.Tensor) -> float:
+    """Share of drafts whose first token is right (#correct >= 1)."""
+    return float((values >= 1).double().mean())
+
+
+@torch.no_grad()
+def argmax_share(teacher: GPT2LMHeadModel, es: EvalSet) -> float:
+    """Share of the set's first teacher tokens that are the teacher's most likely token: what a
+    first slot that ignored u and predicted the argmax would get right."""
+    logits = torch.cat([teacher(x).logits for x in es.tokens.split(ROWS_PER_CALL)])
+    last = logits[torch.arange(len(es.starts)), es.starts - 1]
+    return float((last.argmax(-1) == es.teacher[0, :, 0]).double().mean())
+
+
 def parallel_selection(student: Student, es: EvalSet, ms: tuple[int, ...], order: str) -> dict[str, dict[str, float]]:
     """Table 7: #correct when the best of M draws is chosen by Eq. (18), per M, and the M -> inf limit
     (every u moved to the midpoint of the teacher's interval of its token)."""

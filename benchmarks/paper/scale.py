@@ -26,6 +26,8 @@ class Scale:
         eval_contexts: held-out contexts for #correct [16000 samples].
         table7_contexts, table7_m: contexts and M values of Table 7.
         fig5_grid: grid points per axis of the Figure 5 maps.
+        curve_steps, curve_points: the longer runs (O-PTP, C-PTP, MTP trained ``curve_steps``
+            steps, #correct measured after each of ``curve_points`` steps).
     """
 
     chunk_len: int = 64
@@ -51,6 +53,8 @@ class Scale:
     table7_contexts: int = 256
     table7_m: tuple[int, ...] = (1, 4, 16, 64)
     fig5_grid: int = 128
+    curve_steps: int = 3200
+    curve_points: tuple[int, ...] = (200, 400, 800, 1600, 3200)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,4 +63,5 @@ class Scale:
 FULL = Scale()
 QUICK = replace(FULL, chunk_len=24, n_layer=2, n_embd=32, n_head=2, teacher_steps=40, steps=4, batch=4, windows=2,
                 lora_rank=4, aux_dim=16, num_draft=4, table8_n=(1, 2, 4, 8), table1_steps=4, table1_num_draft=2,
-                teacher_samples=64, eval_contexts=32, table7_contexts=8, table7_m=(1, 4, 16, 64), fig5_grid=16)
+                teacher_samples=64, eval_contexts=32, table7_contexts=8, table7_m=(1, 4, 16, 64), fig5_grid=16,
+                curve_steps=8, curve_points=(4, 8))

@@ -32,3 +32,9 @@ def table_specs(scale: Scale) -> dict[str, list[RunSpec]]:
         "table8": [replace(base, num_draft=n) for base in (optp, mtp) for n in scale.table8_n],
         "order": [optp, replace(optp, order="rank"), replace(mtp, order="rank")],
     }
+
+
+def curve_specs(scale: Scale) -> list[RunSpec]:
+    """The students of the longer runs: the default O-PTP (bce), O-PTP with ce, C-PTP and MTP."""
+    optp, cptp, mtp = defaults(scale)
+    return [optp, replace(optp, loss="ce"), cptp, mtp]

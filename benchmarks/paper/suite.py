@@ -1,6 +1,7 @@
-"""The paper's small-scale experiments in miniature: Tables 1, 2, 4-8 and Figure 5 on NYC flights.
+"""The paper's small-scale experiments in miniature: Tables 1, 2, 4-8 and Figure 5 on NYC flights,
+and longer runs of O-PTP, C-PTP and MTP (is the budget what separates them?).
 
-    python benchmarks/paper/suite.py            # full: about 90 minutes on 2 CPU cores
+    python benchmarks/paper/suite.py            # full: about 90 minutes of one CPU core
     python benchmarks/paper/suite.py --quick    # a few minutes, tiny models (checks the pipeline)
 
 Options: ``--out DIR`` (default ``runs/paper-full`` / ``runs/paper-quick``), ``--report PATH``
@@ -39,12 +40,13 @@ from safetensors.torch import load_file, save  # noqa: E402
 from transformers import GPT2LMHeadModel  # noqa: E402
 
 import evaluation  # noqa: E402
+from curves import plot_curves  # noqa: E402
 from estimate import estimate  # noqa: E402
 from figure5 import figure5  # noqa: E402
 from flights import load_flights  # noqa: E402
 from report import write_report  # noqa: E402
 from scale import FULL, QUICK, Scale  # noqa: E402
-from specs import defaults, table_specs  # noqa: E402
+from specs import curve_specs, defaults, table_specs  # noqa: E402
 from training import RunSpec, dataset_targets, pregenerate_teacher, train_autoregressive, train_student  # noqa: E402
 
 SEED = 0
@@ -146,6 +148,30 @@ class Suite:
         self.run(spec)
         return Student.from_pretrained(self.student_dir(spec), teacher=copy.deepcopy(self.teacher)).eval()
 
+    def curve(self, spec: RunSpec) -> dict[str, Any]:
+        """One student trained ``curve_steps`` steps, #correct measured along the way, once."""
+        s = self.scale
+        es = self.eval_set(spec.order)
+
+        def compute() -> dict[str, Any]:
+            points: list[dict[str, float]] = []
+
+            def measure(done: int, student: Student) -> None:
+                if done in s.curve_points:
+                    values = evaluation.correct(student, es, spec.order)
+                    points.append({"step": done, **evaluation.summary(values, spec.num_draft),
+                                   "first_slot": evaluation.first_slot_share(values)})
+
+            _, metrics = train_student(spec, self.teacher, self.source(spec), s, s.curve_steps, SEED, measure)
+            return {"spec": spec.__dict__, **metrics, "points": points}
+
+        return self.store.cached(f"curves/{spec.name}", compute)
+
+    def curves(self) -> dict[str, Any]:
+        """The longer runs, and the first-slot share a u-ignoring argmax predictor would reach."""
+        runs = {spec.name: self.curve(spec) for spec in curve_specs(self.scale)}
+        return {"runs": runs, "argmax_share": evaluation.argmax_share(self.teacher, self.eval_set("id"))}
+
     def table1(self) -> dict[str, Any]:
         """C-PTP from data alone (Alg. 3) vs an autoregressive model, same architecture, steps and batch."""
         s = self.scale
@@ -210,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"][spec.name] = suite.run(spec)
     results["table7"] = suite.table7()
     results["figure5"] = suite.figure(report.parent / "figures" / "figure5.png")
+    results["curves"] = suite.curves()
+    plot_curves(results["curves"], report.parent / "figures" / "curves.png")
     results["wall_seconds_this_call"] = time.perf_counter() - start
     write_json(out / "results.json", results)
     write_report(results, report, scale)

@@ -98,8 +98,13 @@ def schedule(params: list[torch.nn.Parameter], lr: float, steps: int) -> tuple[t
 
 
 def optimise(params: list[torch.nn.Parameter], lr: float, steps: int,
-             step_loss: Callable[[int], tuple[torch.Tensor, dict[str, float]]]) -> dict[str, float]:
-    """``steps`` AdamW steps on ``step_loss(step)``; averages of the last quarter's metrics, wall and CPU time."""
+             step_loss: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
+             after_step: Callable[[int], None] | None = None) -> dict[str, float]:
+    """``steps`` AdamW steps on ``step_loss(step)``; averages of the last quarter's metrics, wall and CPU time.
+
+    ``after_step(done)`` runs after each step with the number of steps done (for measurements
+    along the way); its time is not counted in the training times.
+    """
     optimizer, scheduler = schedule(params, lr, steps)
     tail: dict[str, list[float]] = {}
     start, cpu = time.perf_counter(), time.process_time()
@@ -113,6 +118,11 @@ def optimise(params: list[torch.nn.Parameter], lr: float, steps: int,
         if step >= steps * 3 // 4:
             for k, v in metrics.items():
                 tail.setdefault(f"train_{k}", []).append(v)
+        if after_step is not None:
+            paused, paused_cpu = time.perf_counter(), time.process_time()
+            after_step(step + 1)
+            start += time.perf_counter() - paused
+            cpu += time.process_time() - paused_cpu
     result = {k: sum(v) / len(v) for k, v in tail.items()}
     result["train_seconds"], result["train_cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu
     result["cpu_seconds_per_step"] = result["train_cpu_seconds"] / steps
@@ -214,9 +224,11 @@ def training_batch(spec: RunSpec, student: Student, source: dict[str, torch.Tens
 
 
 def train_student(spec: RunSpec, teacher: GPT2LMHeadModel | None, source: dict[str, torch.Tensor], scale: Scale,
-                  steps: int, seed: int) -> tuple[Student, dict[str, float]]:
+                  steps: int, seed: int,
+                  after_step: Callable[[int, Student], None] | None = None) -> tuple[Student, dict[str, float]]:
     """Train one student of the suite for ``steps`` steps: Alg. 2 (``PTPObjective``), or for
-    ``inverse`` Alg. 3 with every weight learning (``inverse_autoregressive_loss``)."""
+    ``inverse`` Alg. 3 with every weight learning (``inverse_autoregressive_loss``).
+    ``after_step(done, student)`` runs after every step (see ``optimise``)."""
     student = build_student(teacher, spec, scale, seed)
     objective = PTPObjective(loss=spec.loss, beta=spec.beta, windows=scale.windows, sampling=sampling(spec.order))
     params = [p for p in student.parameters() if p.requires_grad]
@@ -229,4 +241,5 @@ def train_student(spec: RunSpec, teacher: GPT2LMHeadModel | None, source: dict[s
         return objective(student, tokens, lo, hi, starts=starts, generator=g)
 
     lr = scale.scratch_lr if teacher is None else scale.lr
-    return student, optimise(params, lr, steps, step_loss)
+    hook = (lambda done: after_step(done, student)) if after_step is not None else None
+    return student, optimise(params, lr, steps, step_loss, hook)
