@@ -25,11 +25,11 @@ def table_specs(scale: Scale) -> dict[str, list[RunSpec]]:
     """The students of each table."""
     optp, cptp, mtp = defaults(scale)
     return {
-        "table2": [optp, mtp],
+        "table2": [replace(optp, loss="ce"), mtp],  # the paper's Table 2 students train on Eq. (10)
         "table4": [replace(optp, mode=m, loss=loss, proposal=p) for p in PROPOSALS for m, loss in TABLE4_LOSSES] + [mtp],
         "table5": [replace(base, aux_embedding=e) for base in (optp, cptp) for e in EMBEDDINGS] + [mtp],
         "table6": [replace(base, beta=b) for base in (optp, cptp) for b in BETAS] + [mtp],
-        "table8": [replace(base, num_draft=n) for base in (optp, mtp) for n in scale.table8_n],
+        "table8": [replace(base, num_draft=n) for base in (optp, replace(optp, loss="ce"), mtp) for n in scale.table8_n],
         "order": [optp, replace(optp, order="rank"), replace(mtp, order="rank")],
     }
 
