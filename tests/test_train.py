@@ -233,3 +233,26 @@ def test_export_writes_the_student_of_a_checkpoint(experiment, capsys):
     assert exported.keys() == trained.keys() and all(torch.equal(exported[k], trained[k]) for k in trained)
     assert main(["train", str(experiment), "--export", str(experiment / "nothing.ckpt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+class RecordRates(Callback):
+    """The learning rate and weight decay each step trains with."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[float, float]] = {}
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        group = trainer.optimizers[0].param_groups[0]
+        self.seen[trainer.global_step] = (group["lr"], group["weight_decay"])
+
+
+def test_a_resumed_run_trains_at_its_overridden_rate(experiment):
+    assert run_train(experiment, "--steps", "2", "--lr", "0.001") == 0
+    overrides = {"steps": 5, "lr": 0.02, "weight_decay": 0.25, "warmup_steps": 1, "final_lr_ratio": 0.5}
+    record = RecordRates()
+    result = train(experiment, optim=overrides, progress=False, callbacks=[record])
+    assert result.status == "done" and result.resumed_from is not None
+    optim = OptimConfig(**{**OptimConfig().__dict__, **overrides})
+    assert sorted(record.seen) == [2, 3, 4]
+    for step, (lr, weight_decay) in record.seen.items():
+        assert lr == pytest.approx(0.02 * lr_factor(step, optim), rel=1e-12) and weight_decay == 0.25

@@ -294,6 +294,17 @@ class PTPModule(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, self.optim))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        # A resumed run gets its checkpoint's optimizer and schedule back, peak rate and weight
+        # decay included; re-apply this run's (possibly overridden) values, so that step s always
+        # trains at lr * lr_factor(s), as LambdaLR computes it.
+        scheduler = self.trainer.lr_scheduler_configs[0].scheduler
+        scheduler.base_lrs = [self.optim.lr] * len(scheduler.base_lrs)
+        for group in scheduler.optimizer.param_groups:
+            group["initial_lr"] = self.optim.lr
+            group["lr"] = self.optim.lr * lr_factor(self.trainer.global_step, self.optim)
+            group["weight_decay"] = self.optim.weight_decay
+
     def trainable_names(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}
 
