@@ -149,6 +149,30 @@ def test_interleaved_draft_rows_give_the_same_rows(arch, mode):
     torch.testing.assert_close(out, student_logits(student, batch)[:, perm], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("grad", [False, True])
+def test_gated_lora_decoding_path_adds_the_delta_on_slot_rows_only(dtype, grad):
+    """One sequence without autograd (decoding) takes 2-D matmuls, in float32 for a bf16 model on
+    CPU; with autograd (training) the batched path. Either way token rows are the base layer's
+    exact output and slot rows carry base + scale * B A x."""
+    from ptp.lora import Gate
+
+    torch.manual_seed(0)
+    gate = Gate()
+    layer = GatedLoRA(torch.nn.Linear(24, 40).to(dtype), rank=4, alpha=8.0, gate=gate)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(1, 7, 24).to(dtype)
+    draft = torch.tensor([[False] * 4 + [True] * 3])
+    with gate.set(draft), torch.set_grad_enabled(grad):
+        y = layer(x)
+    base = layer.base(x)
+    assert torch.equal(y[0, :4], base[0, :4])
+    delta = (x[0, 4:].double() @ layer.lora_A.double().t() @ layer.lora_B.double().t()) * layer.scale
+    tolerance = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(y[0, 4:].double(), base[0, 4:].double() + delta, **tolerance)
+
+
 @arch_mode
 def test_only_draft_rows_send_gradients_to_trainable_params(arch, mode):
     student = make_student(arch, mode)
