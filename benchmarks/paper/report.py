@@ -240,7 +240,8 @@ DEVIATIONS = """### What differs from the paper's setup
   symbols; the flights set is smaller (0.33 M symbols vs millions) and more repetitive (aircraft rotations).
 - **Scale**: a teacher of under 1 M parameters instead of 29 M, hundreds of training steps instead of 150k, N = 16
   instead of 100 (Tables 4, 5, 7), fewer evaluation samples. Absolute numbers are therefore not comparable; only
-  the trends are, and those need students trained close to convergence, which this budget does not reach.
+  the trends are, and those need students trained close to convergence, which this budget does not reach. The
+  longer runs (8x the steps of the tables) show how the orderings move with training.
 - **Students**: `ptp.Student` adapts a frozen teacher copy with a gated LoRA (as the paper's large-model
   experiments), whereas the paper's taxi students fine-tune every weight of a teacher copy. The Table 1 C-PTP
   trains all its weights (plus the adapter), since there is no teacher.
