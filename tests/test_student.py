@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from tiny_models import ARCHITECTURES, VOCAB, tiny_teacher
 
 from ptp import SamplingConfig, Student, UserError
-from ptp.lora import GatedLoRA, _tail
+from ptp.lora import Gate, GatedLoRA, _tail
 from ptp.masks import additive_mask, training_layout
 from ptp.sampling import draw_uniform
 from ptp.student import CONFIG_NAME, MODES, WEIGHTS_NAME
@@ -155,8 +155,6 @@ def test_gated_lora_decoding_path_adds_the_delta_on_slot_rows_only(dtype, grad):
     """One sequence without autograd (decoding) takes 2-D matmuls, in float32 for a bf16 model on
     CPU; with autograd (training) the batched path. Either way token rows are the base layer's
     exact output and slot rows carry base + scale * B A x."""
-    from ptp.lora import Gate
-
     torch.manual_seed(0)
     gate = Gate()
     layer = GatedLoRA(torch.nn.Linear(24, 40).to(dtype), rank=4, alpha=8.0, gate=gate)

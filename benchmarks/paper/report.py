@@ -272,28 +272,26 @@ def _table4_notes(get: Callable[..., dict[str, Any]], n: int) -> str:
 def _longer(curves: dict[str, Any], scale: Scale, discussion: list[str]) -> str:
     """The longer runs: #correct and first-slot share per step, and what they say about the budget."""
     runs = {label(r["spec"]): r for r in curves["runs"].values()}
+    at = {name: {p["step"]: p for p in r["points"]} for name, r in runs.items()}  # model -> step -> measurement
     steps = scale.curve_points
-    by_step = lambda run: {p["step"]: p for p in run["points"]}  # noqa: E731
     text = [f"## Longer training: #correct after up to {scale.curve_steps} steps\n",
             "![curves](figures/curves.png)\n",
             _table(["model"] + [f"{k} steps" for k in steps],
-                   [[name] + [f"{_cell(by_step(r)[k])} ({by_step(r)[k]['first_slot']:.2f})" for k in steps]
-                    for name, r in runs.items()]),
+                   [[name] + [f"{_cell(at[name][k])} ({at[name][k]['first_slot']:.2f})" for k in steps] for name in runs]),
             f"\nCells: #correct (Eq. 16) ± standard error, and in brackets the share of the {scale.eval_contexts} held-out "
             "contexts whose first token is right; a first slot that ignored u and predicted the teacher's most likely "
             f"token would get {curves['argmax_share']:.2f}.\n"]
     first, last = steps[0], steps[-1]
-    gains = {name: by_step(r)[last]["correct"] - by_step(r)[first]["correct"] for name, r in runs.items()}
+    gains = {name: at[name][last]["correct"] - at[name][first]["correct"] for name in runs}
     losses = ", ".join(f"{name} {r['train_loss']:.3f}" for name, r in runs.items())
     text.append(f"One run per model, N = {scale.num_draft}, learning rate {scale.lr:g} with a cosine decay over "
                 f"{scale.curve_steps} steps (so the early points are not short runs that converged), measured on the held-out "
                 f"contexts of the tables. #correct gained from {first} to {last} steps: "
                 + ", ".join(f"{name} {g:+.2f}" for name, g in gains.items())
                 + f". Training loss over the last quarter: {losses}.\n")
-    optp = max((r for name, r in runs.items() if name.startswith("O-PTP")), key=lambda r: by_step(r)[last]["correct"])
-    mtp = runs["MTP"]
-    best, ref = by_step(optp)[last], by_step(mtp)[last]
-    discussion.append(_verdict(_above(best, ref), f"Longer training: the better O-PTP ({label(optp['spec'])}) after {last} steps "
+    optp = max((name for name in runs if name.startswith("O-PTP")), key=lambda name: at[name][last]["correct"])
+    best, ref = at[optp][last], at["MTP"][last]
+    discussion.append(_verdict(_above(best, ref), f"Longer training: the better O-PTP ({optp}) after {last} steps "
                                                   f"{best['correct']:.2f} vs MTP {ref['correct']:.2f} correct tokens (paper: O-PTP above)."))
     discussion.append(_verdict(best["first_slot"] > curves["argmax_share"],
                                f"Longer training: O-PTP's first token is right for {best['first_slot']:.3f} of contexts vs "

@@ -151,9 +151,9 @@ class Suite:
     def curve(self, spec: RunSpec) -> dict[str, Any]:
         """One student trained ``curve_steps`` steps, #correct measured along the way, once."""
         s = self.scale
-        es = self.eval_set(spec.order)
 
         def compute() -> dict[str, Any]:
+            es = self.eval_set(spec.order)
             points: list[dict[str, float]] = []
 
             def measure(done: int, student: Student) -> None:
