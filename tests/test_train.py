@@ -256,3 +256,56 @@ def test_a_resumed_run_trains_at_its_overridden_rate(experiment):
     assert sorted(record.seen) == [2, 3, 4]
     for step, (lr, weight_decay) in record.seen.items():
         assert lr == pytest.approx(0.02 * lr_factor(step, optim), rel=1e-12) and weight_decay == 0.25
+
+
+def test_slot_accuracy_benchmark_agrees_with_the_validation_metrics(experiment, tmp_path, monkeypatch):
+    """benchmarks/slot_accuracy.py: its per-slot chain accuracies multiply up to the objective's
+    #correct on the same windows and u, and its decode_accepted is the objective's."""
+    import importlib.util
+
+    from ptp.experiment import Experiment
+    from ptp.objective import PTPObjective, SlotDrafts
+    from ptp.student import Student
+    from ptp.train import load_examples, validation_batches
+
+    assert run_train(experiment) == 0
+    # A 6-step student drafts almost nothing right; make drafts the teacher's tokens with a
+    # deterministic share of misses, seen alike by the benchmark and the objective's metrics.
+    drafts = PTPObjective.drafts
+
+    def partly_right(self, *args, **kwargs) -> SlotDrafts:
+        out = drafts(self, *args, **kwargs)
+        slot = torch.arange(out.teacher.shape[-1])
+        miss = (out.teacher * 7 + slot) % 4 == 0
+        return out._replace(drafted=torch.where(miss, -2, out.teacher))
+
+    monkeypatch.setattr(PTPObjective, "drafts", partly_right)
+    path = Path(__file__).parent.parent / "benchmarks" / "slot_accuracy.py"
+    spec = importlib.util.spec_from_file_location("slot_accuracy", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "slots.json"
+    assert bench.main([str(experiment), "--windows", "24", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())["results"][str(experiment / "student")]
+
+    config = Experiment.load(experiment)
+    student = Student.from_pretrained(experiment / "student").eval()
+    _, val = load_examples(experiment, config)
+    batches = validation_batches(val, config.optim.batch_size, 24, student.num_draft_tokens, config.data.seed)
+    objective = PTPObjective(windows=1, sampling=config.sampling)
+    correct = decode = 0.0
+    with torch.no_grad():
+        for batch in batches:
+            lo, hi = batch["lo_bits"].view(torch.float64), batch["hi_bits"].view(torch.float64)
+            generator = torch.Generator().manual_seed(batch["seed"])
+            _, m = objective(student, batch["tokens"], lo, hi, starts=batch["starts"], generator=generator)
+            correct += m["correct"] * batch["starts"].numel()
+            decode += m["decode_accepted"] * batch["starts"].numel()
+    windows = sum(b["starts"].numel() for b in batches)
+    assert result["windows"] == windows
+    chain = torch.tensor(result["chain_accuracy"], dtype=torch.float64)
+    assert float(chain.cumprod(0).sum()) == pytest.approx(correct / windows, abs=1e-9)
+    assert result["decode_accepted"] == pytest.approx(decode / windows, abs=1e-9)
+    assert result["slot_accuracy"][0] == result["chain_accuracy"][0]
+    assert 0.3 < correct / windows and 1.3 < result["decode_accepted"]  # the comparison is not of zeros
+    assert all(0.0 <= a <= 1.0 for a in result["slot_accuracy"] + [result["argmax_share"]])

@@ -37,6 +37,7 @@ __all__ = [
     "draft_inputs",
     "inverse_autoregressive_u",
     "PTPObjective",
+    "SlotDrafts",
 ]
 
 
@@ -204,6 +205,22 @@ def _inverse_u(student: Student, context: Any, tokens: torch.Tensor, starts: tor
     return token_u
 
 
+class SlotDrafts(NamedTuple):
+    """What ``PTPObjective.drafts`` computes for a batch of W windows of N slots per sequence.
+
+    Attributes:
+        loss: scalar, with gradient for the student's adapter.
+        metrics: ``{"loss": float}`` and whatever else the loss reports.
+        drafted: ``(B, W, N)`` the student's draft tokens.
+        teacher: ``(B, W, N)`` the teacher's tokens under the same u (-1 where it has none).
+    """
+
+    loss: torch.Tensor
+    metrics: dict[str, float]
+    drafted: torch.Tensor
+    teacher: torch.Tensor
+
+
 @dataclass
 class PTPObjective:
     """Loss and metrics of one training batch (Alg. 2, or Alg. 3 with ``inverse_autoregressive``).
@@ -242,6 +259,33 @@ class PTPObjective:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss (with gradient for the student's adapter) and float metrics of a batch.
 
+        Args: as ``drafts``.
+        Returns:
+            ``(loss, {"loss", "correct", "accepted", "decode_accepted"})``: #correct (Eq. 16) and
+            #accepted (Eq. 17) averaged over windows, comparing the student's draft with the
+            teacher's picks under the same u; ``decode_accepted`` is the tokens per call a
+            single-pass decoder gets from the window (1 + matching prefix of slots 1..N-1).
+        """
+        loss, metrics, drafted, teacher_tokens = self.drafts(student, tokens, lo, hi, starts, generator)
+        correct = num_correct(drafted, teacher_tokens)
+        metrics["correct"] = float(correct.double().mean())
+        metrics["accepted"] = float(num_accepted(correct, student.num_draft_tokens).double().mean())
+        # What decoding gets per call: slot 0 predicts the token the verifying teacher supplies in
+        # the same call, so only slots 1.. propose; tokens per call = 1 + their matching prefix.
+        metrics["decode_accepted"] = float((1 + num_correct(drafted[..., 1:], teacher_tokens[..., 1:])).double().mean())
+        return loss, metrics
+
+    def drafts(
+        self,
+        student: Student,
+        tokens: torch.Tensor,
+        lo: torch.Tensor | None = None,
+        hi: torch.Tensor | None = None,
+        starts: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> "SlotDrafts":
+        """The loss of a batch and, per window and slot, the student's draft and the teacher's token.
+
         Args:
             student: the student; its mode selects O-PTP, C-PTP or MTP (App. H: C-PTP's loss with
                 uninformative u, which ``Student.slot_u`` provides).
@@ -250,11 +294,6 @@ class PTPObjective:
                 Ignored with ``inverse_autoregressive``.
             starts: ``(B, W)`` window starts; drawn uniformly if None.
             generator: for starts and u.
-        Returns:
-            ``(loss, {"loss", "correct", "accepted", "decode_accepted"})``: #correct (Eq. 16) and
-            #accepted (Eq. 17) averaged over windows, comparing the student's draft with the
-            teacher's picks under the same u; ``decode_accepted`` is the tokens per call a
-            single-pass decoder gets from the window (1 + matching prefix of slots 1..N-1).
         """
         if (lo is None) != (hi is None):
             raise ValueError("pass both lo and hi (from teacher_targets) or neither")
@@ -300,10 +339,4 @@ class PTPObjective:
         order = self.sampling.order
         teacher_tokens = pick(token_u, q, order) if self.inverse_autoregressive else torch.where(valid, window_tokens, -1)
         drafted = student.draft_tokens(slot_logits.detach(), token_u, order)
-        correct = num_correct(drafted, teacher_tokens)
-        metrics["correct"] = float(correct.double().mean())
-        metrics["accepted"] = float(num_accepted(correct, n).double().mean())
-        # What decoding gets per call: slot 0 predicts the token the verifying teacher supplies in
-        # the same call, so only slots 1.. propose; tokens per call = 1 + their matching prefix.
-        metrics["decode_accepted"] = float((1 + num_correct(drafted[..., 1:], teacher_tokens[..., 1:])).double().mean())
-        return loss, metrics
+        return SlotDrafts(loss, metrics, drafted, teacher_tokens)
