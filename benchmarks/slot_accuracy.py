@@ -82,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         if experiment.data.data_mode != "completions":
             raise UserError(f"{args.experiment} is in {experiment.data.data_mode} mode: this benchmark needs pregenerated completions")
         _, val = load_examples(args.experiment, experiment)
-        teacher = load_teacher(experiment.model.teacher, dtype=torch.float32)
         students = args.students or [args.experiment / "student"]
         results = {}
         for directory in students:
+            # A fresh teacher each time: a student adapts its teacher's modules in place.
+            teacher = load_teacher(experiment.model.teacher, dtype=torch.float32)
             student = Student.from_pretrained(directory, teacher=teacher).eval()
             batches = validation_batches(val, experiment.optim.batch_size, args.windows, student.num_draft_tokens,
                                          experiment.data.seed)
