@@ -27,7 +27,7 @@ import torch
 from ptp.errors import UserError
 from ptp.experiment import Experiment
 from ptp.io import write_json
-from ptp.metrics import num_correct
+from ptp.metrics import decode_accepted
 from ptp.models import load_teacher
 from ptp.objective import PTPObjective, gather_windows, window_positions
 from ptp.student import Student
@@ -45,7 +45,7 @@ def slot_statistics(student: Student, experiment: Experiment, batches: list[dict
         lo, hi = batch["lo_bits"].view(torch.float64), batch["hi_bits"].view(torch.float64)
         generator = torch.Generator().manual_seed(batch["seed"])
         _, _, drafted, teacher = objective.drafts(student, tokens, lo, hi, batch["starts"], generator)
-        right = (drafted == teacher) & (teacher >= 0)  # (B, W, N)
+        right = drafted == teacher  # (B, W, N); teacher -1 (no token) never matches
         prefix = right.long().cumprod(-1).bool()
         before = torch.cat([torch.ones_like(prefix[..., :1]), prefix[..., :-1]], -1)  # slots 0..j-1 right
         flat, flat_before = right.flatten(0, 1), before.flatten(0, 1)
@@ -53,7 +53,7 @@ def slot_statistics(student: Student, experiment: Experiment, batches: list[dict
         counts = torch.stack([(flat & flat_before).sum(0), flat_before.sum(0)])
         chain = counts if chain is None else chain + counts
         windows += flat.shape[0]
-        decode += float((1 + num_correct(drafted[..., 1:], teacher[..., 1:])).sum())
+        decode += float(decode_accepted(drafted, teacher).sum())
         # The teacher's argmax at every window token, from the same sequences (gate off).
         logits = student(tokens).logits  # (B, T, V): row t - 1 predicts token t
         positions = window_positions(batch["starts"], student.num_draft_tokens)

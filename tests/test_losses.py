@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ptp.losses import LOSSES, REVERSE_KL_EPS, bce, cross_entropy, get_loss, kl, reverse_kl
-from ptp.metrics import num_accepted, num_correct
+from ptp.metrics import decode_accepted, num_accepted, num_correct
 
 B, S, V = 2, 5, 7
 
@@ -134,6 +134,8 @@ def test_num_correct_and_accepted_by_hand():
     # a later match after a miss does not count (row 2: 0 correct although 3 tokens match)
     assert correct.tolist() == [4, 2, 0, 1]
     assert num_accepted(correct, 4).tolist() == [4, 3, 1, 2]
+    # a decoder's teacher supplies slot 0's token, so slot 0's miss (row 2) costs nothing
+    assert decode_accepted(student, teacher).tolist() == [4, 2, 4, 1]
     # batched over leading dims
     assert num_correct(student.view(2, 2, 4), teacher.view(2, 2, 4)).tolist() == [[4, 2], [0, 1]]
     with pytest.raises(ValueError, match="shapes differ"):

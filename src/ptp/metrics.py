@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["num_correct", "num_accepted"]
+__all__ = ["num_correct", "num_accepted", "decode_accepted"]
 
 
 def num_correct(student_tokens: torch.Tensor, teacher_tokens: torch.Tensor) -> torch.Tensor:
@@ -24,3 +24,10 @@ def num_correct(student_tokens: torch.Tensor, teacher_tokens: torch.Tensor) -> t
 def num_accepted(correct: torch.Tensor, num_draft: int) -> torch.Tensor:
     """Eq. (17): ``min(#correct + 1, N)``; verification adds the teacher's token at the first miss."""
     return (correct + 1).clamp_max(num_draft)
+
+
+def decode_accepted(student_tokens: torch.Tensor, teacher_tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens per call a single-pass decoder gets from ``(..., N)`` windows: slot 0 predicts the
+    token the verifying teacher supplies in the same call, so only slots 1.. propose, and a call
+    yields 1 + their matching prefix. Returns ``(...)`` int64 in ``[1, N]``."""
+    return 1 + num_correct(student_tokens[..., 1:], teacher_tokens[..., 1:])
