@@ -1,6 +1,9 @@
 """The ``ptp`` command line: one subcommand per module in ``ptp.commands``.
 
-Each command module defines ``HELP`` (one line), ``configure(parser)`` and ``run(args) -> int``.
+Each command module defines ``HELP`` (one line, a string literal), ``configure(parser)`` and
+``run(args) -> int``. Only the chosen command's module is imported: ``ptp --help`` reads the other
+commands' ``HELP`` from their source, so the plain install (no extras) lists every command, and a
+command that needs an extra (``EXTRA_OF``) says in one line what to install before importing it.
 Flags for configuration dataclasses come from the dataclasses themselves (``dataclass_arguments``),
 so a config field, its YAML key and its flag share one name and one docstring.
 User mistakes (``UserError``) print one line and exit with code 2, never a traceback.
@@ -9,13 +12,16 @@ User mistakes (``UserError``) print one line and exit with code 2, never a trace
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import re
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import UserError
@@ -27,6 +33,12 @@ COMMANDS = {
     "generate": "generate",
     "bench": "bench",
 }
+
+#: The optional-dependency extra (pyproject.toml) a command needs beyond the plain install.
+EXTRA_OF = {"distill": "train", "pregenerate": "train", "train": "train"}
+#: The modules each extra provides, as pyproject.toml installs them (import names).
+EXTRA_MODULES = {"train": ("lightning", "datasets")}
+DISTRIBUTION = "parallel-token-prediction"
 
 
 def _field_docs(cls: type) -> dict[str, str]:
@@ -117,16 +129,53 @@ def _not_utf8(what: str) -> UserError:
     return UserError(f"{what} is not valid UTF-8 text: type or pass it in UTF-8")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_help(module_name: str) -> str | None:
+    """The ``HELP`` literal of command module ``module_name``, read without importing it; None if it is absent."""
+    spec = importlib.util.find_spec(f"ptp.commands.{module_name}")
+    if spec is None or not spec.origin:
+        return None
+    for node in ast.parse(Path(spec.origin).read_text(encoding="utf-8")).body:
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "HELP" for t in node.targets)
+                and isinstance(node.value, ast.Constant)):
+            return str(node.value.value)
+    return ""
+
+
+def load_command(name: str) -> types.ModuleType:
+    """Import command ``name``'s module, after checking that the extra it needs is installed.
+
+    Raises:
+        UserError: a module of the command's extra (or any other third-party module it imports) is missing.
+    """
+    extra = EXTRA_OF.get(name)
+    missing = [m for m in EXTRA_MODULES.get(extra, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"this command needs the {extra!r} extra ({' and '.join(missing)} not installed): "
+                        f"pip install -e '.[{extra}]' in a checkout, else pip install '{DISTRIBUTION}[{extra}]'")
+    try:
+        return importlib.import_module(f"ptp.commands.{COMMANDS[name]}")
+    except ModuleNotFoundError as e:
+        if not e.name or e.name.split(".")[0] == "ptp":
+            raise
+        raise UserError(f"this command needs the Python package {e.name!r}, which is not installed: install it") from None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``ptp`` parser; only ``command``'s module is imported, so only its flags are known.
+
+    Raises:
+        UserError: ``command`` needs something that is not installed (see :func:`load_command`).
+    """
     parser = argparse.ArgumentParser(prog="ptp", description="Parallel Token Prediction for Hugging Face causal LMs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"ptp.commands.{module_name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"ptp.commands.{module_name}":
-                raise
+        help_line = command_help(module_name)
+        if help_line is None:  # a command whose module this install lacks
             continue
+        if name != command:
+            sub.add_parser(name, help=help_line, description=help_line)
+            continue
+        module = load_command(name)
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.configure(cmd)
         cmd.set_defaults(_run=module.run)
@@ -134,7 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The command is the first positional (``ptp`` itself has no option that takes a value).
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        parser = build_parser(command if command in COMMANDS else None)
+    except UserError as e:
+        print(f"ptp {command}: error: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
