@@ -7,6 +7,7 @@ import sys
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,7 +19,7 @@ from ..demo import SHIPPED
 from ..errors import UserError
 from ..models import load_teacher
 from ..student import Student
-from .generate import encode, has_chat_template, load, student_dir
+from .generate import check_order, encode, has_chat_template, load, student_dir
 
 HELP = "benchmark decoding methods (ours and transformers') on Spec-Bench style questions: MAT, tokens/s, speedup, lossless check"
 
@@ -47,13 +48,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     dataclass_arguments(parser, SamplingConfig, group="sampling (default: what the student was trained for)")
 
 
-def load_mtp(args: argparse.Namespace, decode: DecodeConfig, student: Any) -> Any:
-    """The ``--mtp`` student (on its own copy of the teacher), checked to be an MTP baseline of it."""
+def load_mtp(args: argparse.Namespace, decode: DecodeConfig, student: Any, sampling: SamplingConfig) -> Any:
+    """The ``--mtp`` student (on its own copy of the teacher), checked to be an MTP baseline of it for ``sampling``."""
     mtp = Student.from_pretrained(student_dir(args.mtp), dtype=getattr(torch, decode.dtype), trust_remote_code=args.trust_remote_code)
     if mtp.mode != "mtp":
         raise UserError(f"--mtp {args.mtp!r} holds a {mtp.mode} student: pass one trained with --mode mtp")
     if mtp.config.teacher_signature != student.config.teacher_signature:
         raise UserError(f"--mtp {args.mtp!r} was trained on another teacher: pass an MTP student of {student.config.teacher!r}")
+    check_order(mtp, sampling, what=f"--mtp {args.mtp!r}")
     return mtp.eval()
 
 
@@ -76,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {str(out)!r} is a file: pass a directory for the results")
     if args.mtp and "mtp" in methods:
         student_dir(args.mtp)
-    student, tokenizer = load(args, decode)
+    student, tokenizer = load(directory, decode, args.trust_remote_code)
     sampling = dataclass_from_args(SamplingConfig, args, base=student.sampling)  # flags over the student's own
-    models = Models(student, mtp=load_mtp(args, decode, student) if "mtp" in methods else None,
+    check_order(student, sampling)
+    models = Models(student, mtp=load_mtp(args, decode, student, sampling) if "mtp" in methods else None,
                     assistant=load_teacher(args.assistant, dtype=getattr(torch, decode.dtype), trust_remote_code=args.trust_remote_code)
                     if "assisted" in methods else None)
     if not has_chat_template(tokenizer) and any(len(q["turns"]) > 1 for q in questions):

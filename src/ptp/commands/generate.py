@@ -1,4 +1,9 @@
-"""``ptp generate STUDENT_DIR [PROMPT]``: one-shot answer, or a chat REPL when no prompt is given."""
+"""``ptp generate [STUDENT_DIR] [PROMPT]``: one-shot answer, or a chat REPL when no prompt is given.
+
+Without STUDENT_DIR it decodes with the shipped student of the default teacher (as ``ptp bench``
+does). With one argument, the argument is the student directory if it exists or looks like a path
+(one word holding ``/`` or starting with ``.`` or ``~``), else the prompt.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,12 @@ HELP = "generate with a PTP student: verified text only, tokens per call and spe
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("student", metavar="STUDENT_DIR", help="a student directory (or an experiment directory holding student/)")
+    from ..demo import SHIPPED  # not at the top: ptp.demo imports this module
+
+    parser.add_argument("student", metavar="STUDENT_DIR", nargs="?",
+                        help="a student directory (or an experiment directory holding student/); default: the shipped "
+                             f"student ({SHIPPED}). A lone argument is STUDENT_DIR if it exists or is one word with / or "
+                             "a leading . or ~, else PROMPT")
     parser.add_argument("prompt", metavar="PROMPT", nargs="?", help="answer this prompt and exit; omit for a chat REPL")
     dataclass_arguments(parser, SamplingConfig, group="sampling (default: what the student was trained for)")
     dataclass_arguments(parser, DecodeConfig, group="decoding")
@@ -41,15 +51,54 @@ def student_dir(path: str) -> Path:
     raise UserError(f"{path!r} holds no trained student ({CONFIG_NAME}): run ptp train on it first, or pass the student directory")
 
 
-def load(args: argparse.Namespace, decode: DecodeConfig) -> tuple[Student, Any]:
+def student_and_prompt(first: str | None, second: str | None) -> tuple[Path, str | None]:
+    """The student directory and prompt given by ``ptp generate``'s one or two positionals.
+
+    Two: STUDENT_DIR PROMPT. One: STUDENT_DIR when it exists or looks like a path (one word with
+    ``/`` or a leading ``.`` or ``~``), else a PROMPT for the shipped student. None: the shipped
+    student's chat REPL.
+
+    Raises:
+        UserError: the directory holds no student, or a path-like lone argument does not exist.
+    """
+    from ..demo import SHIPPED  # not at the top: ptp.demo imports this module
+
+    if second is not None:
+        return student_dir(first), second
+    if first is None:
+        return student_dir(str(SHIPPED)), None
+    path_like = not any(c.isspace() for c in first) and ("/" in first or first.startswith((".", "~")))
+    if first.strip() and Path(first).exists():  # Path("") is the working directory
+        return student_dir(first), None
+    if path_like:
+        raise UserError(f"student directory {first!r} does not exist: pass a directory written by ptp train "
+                        "(a lone word with / or a leading . or ~ is read as a directory, not a prompt)")
+    return student_dir(str(SHIPPED)), first
+
+
+def load(directory: Path, decode: DecodeConfig, trust_remote_code: bool) -> tuple[Student, Any]:
+    """The student in ``directory`` in ``decode.dtype``, in eval mode, and its teacher's tokenizer."""
     from ..models import load_tokenizer
 
-    directory = student_dir(args.student)
     dtype = getattr(torch, decode.dtype)
-    student = Student.from_pretrained(directory, dtype=dtype, trust_remote_code=args.trust_remote_code)
+    student = Student.from_pretrained(directory, dtype=dtype, trust_remote_code=trust_remote_code)
     student.eval()
-    tokenizer = load_tokenizer(student.config.teacher, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_tokenizer(student.config.teacher, trust_remote_code=trust_remote_code)
     return student, tokenizer
+
+
+def check_order(student: Student, sampling: SamplingConfig, what: str = "the student") -> None:
+    """Refuse to decode ``student`` in another token order (Eq. 2) than the one it was trained with.
+
+    Its drafts map u to tokens in that order, so under the other they are wrong (output stays exact,
+    but almost nothing is accepted). A student that recorded no sampling is not checked.
+
+    Raises:
+        UserError: the orders differ.
+    """
+    if student.config.sampling is not None and student.sampling.order != sampling.order:
+        raise UserError(f"{what} was trained with token order {student.sampling.order!r}, not {sampling.order!r}: "
+                        f"omit --order (the student's own is the default) or pass a student trained in order {sampling.order!r}")
 
 
 def has_chat_template(tokenizer: Any) -> bool:
@@ -167,10 +216,12 @@ def repl(student: Student, tokenizer: Any, sampling: SamplingConfig, decode: Dec
 def run(args: argparse.Namespace) -> int:
     dataclass_from_args(SamplingConfig, args)  # bad values fail now, before the slow model load
     decode = dataclass_from_args(DecodeConfig, args)
+    directory, args.prompt = student_and_prompt(args.student, args.prompt)
     if args.prompt is not None and not check_text(args.prompt, "PROMPT").strip():
         raise UserError("PROMPT is empty: pass some text, or omit it for the chat REPL")
-    student, tokenizer = load(args, decode)
+    student, tokenizer = load(directory, decode, args.trust_remote_code)
     sampling = dataclass_from_args(SamplingConfig, args, base=student.sampling)  # flags over the student's own
+    check_order(student, sampling)
     if args.prompt is None:
         if not args.raw and not has_chat_template(tokenizer):
             raise UserError(f"the teacher's tokenizer ({student.config.teacher!r}) has no chat template, so the chat REPL "
