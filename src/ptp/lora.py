@@ -18,6 +18,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .errors import UserError
+
 try:  # GPT-2 style models use a transposed linear layer.
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover - very old transformers
@@ -137,14 +139,15 @@ def inject_gated_lora(
     Returns:
         The qualified names of the adapted modules, in order.
     """
+    if any(isinstance(module, GatedLoRA) for module in model.modules()):
+        raise UserError("this model already carries a student's gated LoRA (a student adapts its teacher in place): "
+                        "load a fresh teacher for each student")
     output = model.get_output_embeddings()
     adapted = []
     for name, module in list(model.named_modules()):
-        if module is output or linear_shape(module) is None or isinstance(module, GatedLoRA):
+        if module is output or linear_shape(module) is None:
             continue
         if targets is not None and not any(name == t or name.endswith("." + t) for t in targets):
-            continue
-        if ".base" in name:
             continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
