@@ -32,6 +32,7 @@ COMMANDS = {
     "train": "train",
     "generate": "generate",
     "bench": "bench",
+    "serve": "serve",
 }
 
 #: The optional-dependency extra (pyproject.toml) a command needs beyond the plain install.
