@@ -55,7 +55,8 @@ def test_bench_writes_spec_bench_answers_summary_and_plots(student_dir, mtp_dir,
             assert all(1 <= n <= 6 for n in choice["new_tokens"])
 
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["categories"]) == {"qa", "math", "overall"}
+    assert summary["categories"] == ["qa", "math", "overall", "task_average"]
+    assert "| task_average | pqd |" in printed
     for method in METHODS:
         for category in summary["categories"]:
             entry = summary["metrics"][method][category]
@@ -64,6 +65,26 @@ def test_bench_writes_spec_bench_answers_summary_and_plots(student_dir, mtp_dir,
     assert summary["metrics"]["assisted"]["overall"]["mat"] > 1.0  # the assistant is the teacher itself
     assert summary["lossless"] == {"verify": 0, "pqd": 0, "pld": 0, "mtp": 0}
     assert all(m in summary["lossless_note"] for m in ("hf", "hf-pld", "assisted"))
+
+
+def test_task_average_is_the_unweighted_mean_over_categories():
+    from ptp.bench import BenchResult, Tally, markdown, summarize
+
+    def tallies(scale: float) -> dict:
+        # qa: 10 tokens in 5 calls (MAT 2) at 10 or 20 tok/s; math: 90 tokens in 90 calls (MAT 1) at 30 tok/s.
+        return {"ar": {"qa": Tally(10, 10, 1.0), "math": Tally(90, 90, 3.0), "overall": Tally(100, 100, 4.0)},
+                "pqd": {"qa": Tally(10, 5, 1.0 / scale), "math": Tally(90, 90, 3.0), "overall": Tally(100, 95, 3.0 + 1.0 / scale)}}
+
+    result = BenchResult(methods=["ar", "pqd"], tallies=[tallies(1.0), tallies(2.0)])
+    summary = summarize(result, {"runs": 2})
+    assert summary["categories"] == ["qa", "math", "overall", "task_average"]
+    average = summary["metrics"]["pqd"]["task_average"]
+    assert average["mat"] == pytest.approx(1.5)  # (2 + 1) / 2; overall pools tokens: 100 / 95
+    assert summary["metrics"]["pqd"]["overall"]["mat"] == pytest.approx(100 / 95)
+    assert average["speedup_over_ar"]["mean"] == pytest.approx(((1 + 1) / 2 + (2 + 1) / 2) / 2)  # per run, then over runs
+    assert average["speedup_over_ar"]["std"] == pytest.approx(0.25)
+    assert average["tokens_per_second"]["mean"] == pytest.approx(((10 + 30) / 2 + (20 + 30) / 2) / 2)
+    assert "| task_average | pqd | 1.50 |" in markdown(summary)
 
 
 @pytest.mark.parametrize(

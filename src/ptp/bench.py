@@ -290,10 +290,35 @@ def mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": mean, "std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))}
 
 
+TASK_AVERAGE = "task_average"
+
+
+def task_average(result: BenchResult, method: str, categories: list[str]) -> dict[str, Any]:
+    """A method's MAT, tokens/s and speedups averaged over ``categories``, each counting the same.
+
+    ``overall`` pools every token, so long-answer categories dominate it; Spec-Bench also reports this
+    unweighted mean over tasks. Speedups are averaged per run, then mean/std over runs.
+    """
+    first = result.tallies[0][method]
+
+    def per_run(value: Any) -> dict[str, float]:
+        return mean_std([sum(value(run, c) for c in categories) / len(categories) for run in result.tallies])
+
+    entry = {"mat": sum(first[c].tokens / max(first[c].calls, 1) for c in categories) / len(categories),
+             "tokens_per_second": per_run(lambda run, c: run[method][c].tokens_per_second)}
+    for base in ("ar", "hf"):
+        if base in result.methods:
+            entry[f"speedup_over_{base}"] = per_run(
+                lambda run, c, base=base: run[method][c].tokens_per_second / max(run[base][c].tokens_per_second, 1e-12))
+    return entry
+
+
 def summarize(result: BenchResult, config: dict[str, Any]) -> dict[str, Any]:
-    """Per method and category: MAT, tokens/s and speedups over ar and hf (mean/std over runs)."""
+    """Per method and category: MAT, tokens/s and speedups over ar and hf (mean/std over runs), then ``overall``
+    (all turns pooled) and ``task_average`` (the mean over categories)."""
     first = result.tallies[0]
-    categories = [c for c in first["ar"] if c != OVERALL] + [OVERALL]
+    tasks = [c for c in first["ar"] if c != OVERALL]
+    categories = tasks + [OVERALL]
     metrics: dict[str, dict[str, Any]] = {}
     for method in result.methods:
         metrics[method] = {}
@@ -308,9 +333,10 @@ def summarize(result: BenchResult, config: dict[str, Any]) -> dict[str, Any]:
                               for run in result.tallies]
                     entry[f"speedup_over_{base}"] = mean_std(ratios)
             metrics[method][category] = entry
+        metrics[method][TASK_AVERAGE] = task_average(result, method, tasks)
     return {
         "config": config,
-        "categories": categories,
+        "categories": categories + [TASK_AVERAGE],
         "metrics": metrics,
         "lossless": {m: len(result.mismatches.get(m, ())) for m in result.methods if m in LOSSLESS},
         "lossless_note": "answers (question, turn) whose tokens differ from ar's with the same u; "
@@ -335,7 +361,8 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(row) + " |")
     runs = summary["config"].get("runs", 1)
     lines += ["", f"MAT: mean accepted tokens per target call (plain decoding = 1.00). tokens/s and speedups: "
-                  f"mean ± std over {runs} run(s). 'differs from ar': {summary['lossless_note']}."]
+                  f"mean ± std over {runs} run(s). {OVERALL}: all turns pooled; {TASK_AVERAGE}: the mean over "
+                  f"categories, each counting the same. 'differs from ar': {summary['lossless_note']}."]
     return "\n".join(lines) + "\n"
 
 
