@@ -313,10 +313,10 @@ def runs(paragraphs: list[str], breaker: str, lo: int = 80, hi: int = 250) -> li
 def brown_text(tagged: str) -> str:
     """Plain text of a tagged Brown paragraph: tags stripped, quotes and punctuation rejoined."""
     tokens = [t.rsplit("/", 1)[0] for t in tagged.split()]
-    # The corpus doubles some punctuation tokens (";;", "??", "!!"); quotes are `` and ''.
+    # Quotes are `` and ''; the corpus doubles some punctuation tokens ("; ;", "? ?").
     text = " ".join(tokens).replace("``", '"').replace("''", '"')
-    text = re.sub(r"([;?!])\1", r"\1", text)
     text = re.sub(r" ([.,;:!?)])", r"\1", text)
+    text = re.sub(r"([;?!])\1+", r"\1", text)
     text = re.sub(r"([(]) ", r"\1", text)
     text = re.sub(r'" (.*?) "', r'"\1"', text)
     return text
