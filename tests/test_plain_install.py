@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -106,6 +105,7 @@ def test_generate_decodes_without_the_extras(plain, tmp_path):
 
 
 def test_cli_tables_match_pyproject():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]
     assert project["name"] == DISTRIBUTION != "ptp"  # "ptp" on PyPI is an unrelated package
     assert project["scripts"]["ptp"] == "ptp.cli:main"
