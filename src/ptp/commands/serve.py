@@ -9,7 +9,7 @@ import socket
 import sys
 from typing import Any
 
-from ..cli import dataclass_from_args
+from ..cli import DISTRIBUTION, dataclass_from_args
 from ..config import DTYPES, DecodeConfig
 from ..default_teacher import DEFAULT_TEACHER
 from ..demo import SHIPPED
@@ -18,7 +18,8 @@ from ..serve.schema import MAX_BODY_BYTES
 from .generate import load, student_dir
 
 HELP = "serve a PTP student over an OpenAI-compatible HTTP API: chat and completions, streaming, metrics"
-INSTALL = "pip install 'ptp[serve]'"
+INSTALL = f"pip install -e '.[serve]' in a checkout, else pip install '{DISTRIBUTION}[serve]'"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--max-queue", type=int, default=64, help="answers queued or running before requests get a 503 (default 64)")
     limits.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
                         help=f"largest request body accepted (default {MAX_BODY_BYTES})")
-    parser.add_argument("--log-level", default="info", help="uvicorn's log level: critical, error, warning, info, debug")
+    parser.add_argument("--log-level", default="info", help=f"uvicorn's log level: {', '.join(LOG_LEVELS)} (default info)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the teacher's own modeling code (off by default; "
                                                                          "requests can never turn it on)")
 
@@ -107,13 +108,16 @@ def run(args: argparse.Namespace) -> int:
 
         from ..serve.app import create_app
     except ModuleNotFoundError as e:
-        raise UserError(f"ptp serve needs the serve extra ({e.name} is missing): run `{INSTALL}`") from None
+        raise UserError(f"ptp serve needs the serve extra ({e.name} is missing): {INSTALL}") from None
     decode_config(args)  # bad flags fail now, before the slow model load
+    if args.log_level not in LOG_LEVELS:
+        raise UserError(f"--log-level {args.log_level!r} is invalid: use one of {', '.join(LOG_LEVELS)}")
     sock = listen(args.host, args.port)
     engine = build_engine(args)
     app = create_app(engine, api_key=args.api_key, max_body_bytes=args.max_body_bytes)
     host, port = sock.getsockname()[:2]
-    print(f"ptp serve: {engine.model_id} ({engine.decode.strategy}, {engine.decode.dtype}) at http://{args.host}:{port}/v1",
+    shown = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL
+    print(f"ptp serve: {engine.model_id} ({engine.decode.strategy}, {engine.decode.dtype}) at http://{shown}:{port}/v1",
           file=sys.stderr, flush=True)
     if not is_loopback(args.host) and not args.api_key:
         print(f"ptp serve: warning: listening on {host} without --api-key: anyone who reaches it can use it", file=sys.stderr)

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 
 from ..commands.generate import encode
 from ..config import DecodeConfig
@@ -90,7 +91,7 @@ class Engine:
         try:
             with self._tokenizer_lock:
                 ids = encode(self.tokenizer, messages, raw=not request.chat)
-        except UserError as e:
+        except (UserError, TemplateError) as e:  # a chat template may refuse a conversation (raise_exception)
             raise invalid(str(e), param="messages" if request.chat else "prompt") from None
         if ids.numel() == 0:
             raise invalid("the prompt encodes to no tokens: send some text", param="messages" if request.chat else "prompt")
@@ -107,6 +108,9 @@ class Engine:
 
     def _run(self, job: Job) -> None:
         """Decode ``job`` on the worker thread, handing its events back to the handler."""
+        if job.cancelled.is_set():  # the client left while the job waited: it costs nothing
+            self.metrics.cancel()
+            return
         text = AnswerText(self._decode_text, job.stop)
         calls = 0
         first_token: float | None = None

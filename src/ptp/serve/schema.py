@@ -59,17 +59,17 @@ def parse_request(body: dict[str, Any], chat: bool, model_id: str) -> Generation
     allowed = CHAT_FIELDS if chat else COMPLETION_FIELDS
     for name, value in body.items():
         if name not in allowed:
-            raise invalid(f"unsupported field {name!r}: ptp serve accepts {', '.join(sorted(allowed))}",
-                          param=name, code="unsupported_field")
+            raise invalid(f"unsupported field {_show(name)}: ptp serve accepts {', '.join(sorted(allowed))}",
+                          param=name[:80], code="unsupported_field")
         if name in NEUTRAL and not _neutral(value, NEUTRAL[name]):
-            raise invalid(f"{name}={value!r} is not supported: ptp serve returns one choice of plain text "
+            raise invalid(f"{name}={_show(value)} is not supported: ptp serve returns one choice of plain text "
                           f"(leave {name} out)", param=name, code="unsupported_value")
     model = body.get("model")
     if not isinstance(model, str):
         raise invalid(f"'model' is required: a string, the served model {model_id!r}", param="model",
                       code="missing_required_parameter" if model is None else "invalid_type")
     if model != model_id:
-        raise APIError(404, f"model {model[:200]!r} is not served here: use {model_id!r}", param="model",
+        raise APIError(404, f"model {_show(model)} is not served here: use {model_id!r}", param="model",
                        code="model_not_found")
     _stream_options(body)
     return GenerationRequest(
@@ -82,6 +82,12 @@ def parse_request(body: dict[str, Any], chat: bool, model_id: str) -> Generation
         stop=_stop(body.get("stop")),
         stream=_boolean(body, "stream"),
     )
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error messages quote the client, not its whole body."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _neutral(value: Any, neutral: Any) -> bool:
@@ -114,11 +120,12 @@ def _messages(value: Any) -> list[dict[str, str]]:
             raise invalid(f"{where} must be an object with role and content", param=where, code="invalid_type")
         extra = sorted(set(message) - {"role", "content"})
         if extra:
-            raise invalid(f"{where}.{extra[0]} is not supported: messages carry role and content only",
-                          param=f"{where}.{extra[0]}", code="unsupported_field")
+            key = extra[0][:80]
+            raise invalid(f"{where}.{key} is not supported: messages carry role and content only",
+                          param=f"{where}.{key}", code="unsupported_field")
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise invalid(f"{where}.role={role!r} is not supported: use one of {', '.join(ROLES)}",
+            raise invalid(f"{where}.role={_show(role)} is not supported: use one of {', '.join(ROLES)}",
                           param=f"{where}.role")
         out.append({"role": ROLES[role], "content": _content(message.get("content"), f"{where}.content")})
     return out

@@ -122,8 +122,7 @@ class Worker:
     def _loop(self) -> None:
         while (job := self._queue.get()) is not None:
             try:
-                if not job.cancelled.is_set():  # a client that left while queued costs nothing
-                    self._run(job)
+                self._run(job)
             finally:
                 self._done()
 
