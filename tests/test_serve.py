@@ -311,7 +311,7 @@ def test_answer_text_holds_back_a_possible_stop_string():
     assert text.add([2]) == "" and text.stopped and text.text == "the " and text.finish() == ""
 
 
-def test_worker_runs_one_job_at_a_time_in_arrival_order():
+def test_worker_runs_one_job_at_a_time_in_arrival_order_and_bounds_its_queue():
     running, order, overlap = [], [], []
     loop = asyncio.new_event_loop()
 
@@ -322,10 +322,13 @@ def test_worker_runs_one_job_at_a_time_in_arrival_order():
         order.append(job.seed)
         running.remove(job)
 
-    worker = Worker(run, max_queue=16)
-    jobs = [Job(ids=None, max_tokens=1, sampling=None, seed=i, stop=(), loop=loop) for i in range(6)]
-    for job in jobs:
+    worker = Worker(run, max_queue=6)
+    jobs = [Job(ids=None, max_tokens=1, sampling=None, seed=i, stop=(), loop=loop) for i in range(7)]
+    for job in jobs[:6]:
         worker.submit(job)
+    with pytest.raises(APIError) as full:  # a full queue refuses more work (a 503, not a client mistake)
+        worker.submit(jobs[6])
+    assert full.value.status == 503 and full.value.code == "server_busy"
     worker.start()
     deadline = time.monotonic() + 10
     while worker.depth:
