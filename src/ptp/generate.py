@@ -24,7 +24,10 @@ Phases of one call (``_step``):
 Strategies: ``ar`` drafts nothing (one token per call, the baseline); ``verify`` alternates a
 drafting call and a verifying call (Alg. 1 with a shared cache); ``pqd`` verifies and drafts in
 every call, spreading a per-call row budget over hypotheses by the student's calibrated confidence
-and the measured cost curve (``ptp.budget``).
+and the measured cost curve (``ptp.budget``). A draft head (``ptp.head``) drafts after the call
+instead: the call returns the teacher's hidden states of the rows it keeps (``features``), and
+the head's own small call turns them, the verified token and the next u into the next proposal.
+Every drafter sits behind ``ptp.proposers.Proposer``; the verifier does not know which it is.
 
 Exactness: accepted tokens are always ``tau``, computed from gate-off rows that are the teacher
 bit for bit. In float32/float64 the three strategies give identical tokens (the teacher's logits
@@ -51,9 +54,26 @@ from .hf_cache import cache_kwarg, output_cache
 from .masks import additive_mask, tree_layout
 from .proposers import DecodeState, PromptLookupProposer, Proposer, StudentProposer
 from .sampling import draw_uniform, pick, warp
+from .features import capture_layer_input
+from .proposers import HeadProposer
 from .student import Student
 
 STRATEGIES = ("pqd", "verify", "ar", "pld")
+
+
+def is_student(model: Any) -> bool:
+    """A PTP student of either kind (gated LoRA or draft head), as opposed to a plain causal LM."""
+    return getattr(model, "kind", None) in ("lora", "head")
+
+
+def base_model(model: Any) -> Any:
+    """The Hugging Face causal LM inside a student (the model itself otherwise)."""
+    return model.model if is_student(model) else model
+
+
+def verifier(model: Any) -> Any:
+    """The network that verifies: a head student's teacher; the gated student or plain model itself."""
+    return model.model if getattr(model, "kind", None) == "head" else model
 
 
 @dataclass
@@ -82,7 +102,7 @@ class GenerationResult:
 def eos_token_ids(model: Any, tokenizer: Any = None) -> set[int]:
     """EOS ids of the model's generation config and config (chat models list their end-of-turn
     there), and of the tokenizer when given."""
-    inner = model.model if isinstance(model, Student) else model
+    inner = base_model(model)
     ids: set[int] = set()
     sources = (getattr(inner, "generation_config", None), inner.config, tokenizer)
     for eos in (getattr(source, "eos_token_id", None) for source in sources):
@@ -91,32 +111,39 @@ def eos_token_ids(model: Any, tokenizer: Any = None) -> set[int]:
 
 
 def _forward(model: Any, ids: list[int], parents: list[int], draft: torch.Tensor, slot_u: torch.Tensor,
-             cache: Any, past: int) -> tuple[torch.Tensor, Any]:
+             cache: Any, past: int, feature_layer: int | None = None) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
     """One call over new rows arranged as a tree continuing a cache of ``past`` positions.
 
-    Returns ``(logits (T, V), cache)``. A plain chain needs no explicit mask (fast causal path).
+    Returns ``(logits (T, V), cache, features (T, H) or None)``: the hidden states entering
+    decoder block ``feature_layer`` when a drafter asks for them. A plain chain needs no explicit
+    mask (fast causal path).
     """
+    if feature_layer is not None:
+        with capture_layer_input(base_model(model), feature_layer) as captured:
+            logits, cache, _ = _forward(model, ids, parents, draft, slot_u, cache, past)
+        return logits, cache, captured[0][0]
     device = model.device
     chain = all(p == r - 1 for r, p in enumerate(parents))
     visible, positions = tree_layout(torch.tensor(parents), past)
     input_ids = torch.tensor([ids], device=device)
     position_ids = positions.unsqueeze(0).to(device)
     vis = None if chain else visible.unsqueeze(0).to(device)
-    if isinstance(model, Student):
+    if isinstance(model, Student):  # the gated network itself (draft slots in the call)
         out = model(input_ids, draft=draft.unsqueeze(0).to(device), u=slot_u.unsqueeze(0).to(device),
                     position_ids=position_ids, visible=vis, past_key_values=cache, use_cache=True)
     else:
         mask = None if vis is None else additive_mask(vis, model.get_input_embeddings().weight.dtype)
         out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=True,
                     **{cache_kwarg(model): cache})
-    return out.logits[0], output_cache(out)
+    return out.logits[0], output_cache(out), None
 
 
-def _token_chain(model: Any, ids: list[int], cache: Any, past: int) -> tuple[torch.Tensor, Any]:
+def _token_chain(model: Any, ids: list[int], cache: Any, past: int,
+                 feature_layer: int | None = None) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
     """A plain call: ``ids`` as token rows (gate off) continuing a cache of ``past`` positions."""
     n = len(ids)
     return _forward(model, ids, list(range(-1, n - 1)), torch.zeros(n, dtype=torch.bool),
-                    torch.full((n,), float("nan"), dtype=torch.float64), cache, past)
+                    torch.full((n,), float("nan"), dtype=torch.float64), cache, past, feature_layer)
 
 
 def _step(model: Any, state: DecodeState, proposer: Proposer, u: torch.Tensor, sampling: SamplingConfig,
@@ -138,7 +165,8 @@ def _step(model: Any, state: DecodeState, proposer: Proposer, u: torch.Tensor, s
         slot_u.append(model.slot_u(u[base + h : base + h + g]))
     draft = torch.zeros(len(ids), dtype=torch.bool)
     draft[len(pending) + len(proposal):] = True
-    logits, cache = _forward(model, ids, parents, draft, torch.cat(slot_u), cache, state.cached)
+    logits, cache, features = _forward(model, ids, parents, draft, torch.cat(slot_u), cache, state.cached,
+                                       proposer.feature_layer)
 
     # ---- verify: the teacher's own picks with the same u at pending[-1] and every proposal row
     n = len(proposal)
@@ -164,7 +192,7 @@ def _step(model: Any, state: DecodeState, proposer: Proposer, u: torch.Tensor, s
     cache.crop(kept - (state.cached + len(ids)))
     state.cached = kept
     state.tokens += new_tokens
-    proposer.observe(state, a, drafts)
+    proposer.observe(state, a, drafts, None if features is None else features[: len(pending) + a])
     return new_tokens, len(ids), cache
 
 
@@ -174,6 +202,10 @@ def make_proposer(model: Any, strategy: str, max_rows: int | None = None, cost: 
         return Proposer()
     if strategy == "pld":
         return PromptLookupProposer()
+    if getattr(model, "kind", None) == "head" and strategy in ("pqd", "verify"):
+        if num_draft is not None and not 1 <= num_draft <= model.num_draft_tokens:
+            raise UserError(f"draft_length={num_draft} is invalid: use 1..{model.num_draft_tokens} (the head's N)")
+        return HeadProposer(model, num_draft or model.num_draft_tokens, cost=cost, max_rows=max_rows)
     if strategy in ("pqd", "verify"):
         if not isinstance(model, Student):
             raise UserError(f"strategy {strategy!r} needs a PTP student: load one with ptp.Student.from_pretrained, or use strategy='ar'")
@@ -185,14 +217,15 @@ def make_proposer(model: Any, strategy: str, max_rows: int | None = None, cost: 
 
 def measure_cost_curve(model: Any, context: int = 128) -> CostCurve:
     """Relative cost t(k)/t(1) of calls over k new rows after ``context`` cached tokens."""
-    vocab = (model.model if isinstance(model, Student) else model).get_output_embeddings().weight.shape[0]
+    model = verifier(model)
+    vocab = base_model(model).get_output_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (context,), generator=torch.Generator().manual_seed(0)).tolist()
     with torch.no_grad():
-        _, cache = _token_chain(model, ids, None, 0)
+        _, cache, _ = _token_chain(model, ids, None, 0)
 
         def rows(k: int) -> None:
             nonlocal cache
-            _, cache = _token_chain(model, [1] * k, cache, context)
+            _, cache, _ = _token_chain(model, [1] * k, cache, context)
             cache.crop(-k)
 
         return CostCurve.measure(rows)
@@ -208,7 +241,7 @@ def _check_inputs(model: Any, input_ids: torch.Tensor, max_new_tokens: int, u: t
         raise UserError("input_ids is empty: pass a non-empty prompt")
     if int(max_new_tokens) <= 0:
         raise UserError(f"max_new_tokens={max_new_tokens!r} is invalid: use an integer >= 1")
-    inner = model.model if isinstance(model, Student) else model
+    inner = base_model(model)
     limit = getattr(inner.config, "max_position_embeddings", None) or getattr(inner.config, "n_positions", None)
     if limit is not None and ids.numel() + max_new_tokens > limit:
         raise UserError(
@@ -265,25 +298,26 @@ def generate(
             cost = cost_curve_for(model)
         proposer = make_proposer(model, strategy, max_rows=max_rows, cost=cost, num_draft=draft_length)
     eos = eos_token_ids(model)
+    network = verifier(model)
 
-    state = DecodeState(tokens=ids.tolist(), prompt_len=ids.numel(), max_new_tokens=max_new_tokens)
+    state = DecodeState(tokens=ids.tolist(), prompt_len=ids.numel(), max_new_tokens=max_new_tokens, u=u)
     start = time.perf_counter()
-    cache = None
+    cache, features = None, None
     if ids.numel() > 1:  # prefill all but the last prompt token; it is the first pending token
-        _, cache = _token_chain(model, state.tokens[:-1], None, 0)
+        _, cache, features = _token_chain(network, state.tokens[:-1], None, 0, proposer.feature_layer)
         state.cached = ids.numel() - 1
     if cache is None:
         from transformers import DynamicCache
 
         cache = DynamicCache()
-    proposer.observe(state, 0, {})
+    proposer.observe(state, 0, {}, features)
     result = GenerationResult(tokens=torch.zeros(0, dtype=torch.long), u=u[:max_new_tokens], seed=seed,
                               strategy=strategy, calls=0, prefill_time=time.perf_counter() - start)
     start = time.perf_counter()
     out: list[int] = []
     while len(out) < max_new_tokens:
         call_start = time.perf_counter()
-        new, rows, cache = _step(model, state, proposer, u, sampling, cache)
+        new, rows, cache = _step(network, state, proposer, u, sampling, cache)
         proposer.record_call(rows, time.perf_counter() - call_start)
         new = new[: max_new_tokens - len(out)]
         stop = next((i for i, t in enumerate(new) if t in eos), None)

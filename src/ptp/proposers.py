@@ -4,21 +4,28 @@ A proposer answers two questions for the shared verifier in ``ptp.generate``:
 
 * ``plan(state)``: which draft groups the next call should carry, ``{h: slots}`` meaning "assuming
   the first h tokens of the current proposal get accepted, draft ``slots`` tokens after them";
-* ``observe(state, accepted, drafts)``: after verification, the next proposal (token ids and
-  per-token confidence), typically the drafts of the group whose hypothesis came true.
+* ``observe(state, accepted, drafts, features)``: after verification, the next proposal (token
+  ids and per-token confidence), typically the drafts of the group whose hypothesis came true.
+  A proposer that sets ``feature_layer`` is handed ``features``, the teacher's hidden states
+  entering that decoder block at the rows the call kept (the prefill's rows on the first call).
 
-``Proposer`` itself proposes nothing (plain decoding), ``StudentProposer`` drafts with a PTP
-or MTP student in the same forward pass that verifies, ``PromptLookupProposer`` copies n-grams
-from the context (no draft rows).
+``Proposer`` itself proposes nothing (plain decoding), ``StudentProposer`` drafts with a gated
+PTP or MTP student in the same forward pass that verifies, ``HeadProposer`` drafts with a draft
+head after the pass, ``PromptLookupProposer`` copies n-grams from the context (no draft rows).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import time
+from typing import Any
+
 import torch
 
 from .budget import AcceptanceModel, CostCurve, allocate
+
+Drafts = dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -28,6 +35,7 @@ class DecodeState:
     tokens: list[int]  # prompt + accepted tokens
     prompt_len: int
     max_new_tokens: int
+    u: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))  # u[k]: k-th generated token
     cached: int = 0  # tokens[:cached] are in the KV cache; tokens[cached:] are pending
     proposal: list[int] = field(default_factory=list)  # unverified drafts for the next positions
     confidence: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
@@ -44,13 +52,15 @@ class DecodeState:
 class Proposer:
     """Plain decoding: no drafts, one token per call."""
 
+    feature_layer: int | None = None  # decoder block whose input hidden states observe() receives
+
     def plan(self, state: DecodeState) -> dict[int, int]:
         return {}
 
     def record_call(self, rows: int, seconds: float) -> None:
         """Wall time of the call just made (proposers that budget rows learn their cost from it)."""
 
-    def observe(self, state: DecodeState, accepted: int, drafts: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def observe(self, state: DecodeState, accepted: int, drafts: Drafts, features: torch.Tensor | None = None) -> None:
         """Set ``state.proposal``/``state.confidence`` for the next call (default: none)."""
         state.proposal, state.confidence = [], torch.zeros(0, dtype=torch.float64)
 
@@ -97,7 +107,7 @@ class StudentProposer(Proposer):
         groups = {h: min(g, self._allowed(state, h)) for h, g in plan.groups.items()}
         return {h: g for h, g in groups.items() if g >= 2}
 
-    def observe(self, state: DecodeState, accepted: int, drafts: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def observe(self, state: DecodeState, accepted: int, drafts: Drafts, features: torch.Tensor | None = None) -> None:
         if state.proposal:
             self.acceptance.update(state.confidence, accepted)
         if accepted in drafts:
@@ -115,7 +125,7 @@ class PromptLookupProposer(Proposer):
         self.max_ngram = max_ngram
         self.num_draft = num_draft
 
-    def observe(self, state: DecodeState, accepted: int, drafts: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def observe(self, state: DecodeState, accepted: int, drafts: Drafts, features: torch.Tensor | None = None) -> None:
         seq = state.tokens
         room = state.max_new_tokens - state.generated
         for n in range(min(self.max_ngram, len(seq) - 1), 0, -1):
@@ -127,3 +137,64 @@ class PromptLookupProposer(Proposer):
                     state.confidence = torch.full((len(cont),), 0.5, dtype=torch.float64)
                     return
         super().observe(state, accepted, drafts)
+
+
+class HeadProposer(Proposer):
+    """Drafts with a draft head (``ptp.head.HeadStudent``) after every verifying call.
+
+    The head keeps its own KV cache over the context; each call hands it the teacher's states of
+    the newly kept rows, the verified token the teacher has not run yet and the u of the next
+    ``num_draft`` positions, and it proposes them all. Before a call, ``plan`` verifies only the
+    prefix of the proposal that pays: the length n maximising expected new tokens per cost,
+    ``(1 + sum_j prod_{i<=j} r_i) / (t(1 + n) + t_head)`` with calibrated acceptance rates r and
+    the measured cost curve t, so drafts that keep failing cost almost nothing.
+    """
+
+    def __init__(self, head: Any, num_draft: int, cost: CostCurve | None = None, max_rows: int | None = None) -> None:
+        self.head = head
+        self.num_draft = num_draft
+        self.feature_layer = head.feature_layer
+        self.cost = cost or CostCurve()
+        self.max_rows = max_rows
+        self.acceptance = AcceptanceModel(num_draft)
+        self.cache: Any = None
+        self.past = 0  # context rows in the head's cache
+        self.previous: torch.Tensor | None = None  # teacher state of the last cached token
+        self.head_seconds = 0.0  # last head call, excluded from the teacher's timed call
+
+    def record_call(self, rows: int, seconds: float) -> None:
+        self.cost.observe(rows, seconds - self.head_seconds)
+
+    def plan(self, state: DecodeState) -> dict[int, int]:
+        if not state.proposal:
+            return {}
+        reach = self.acceptance.rates(state.confidence).cumprod(0)  # P(first j+1 accepted)
+        limit = len(state.proposal) if self.max_rows is None else max(0, min(len(state.proposal), self.max_rows - len(state.pending)))
+        head = self.head_seconds / self.cost.base_seconds if self.cost.base_seconds else 0.1
+        gains = [(1.0 + float(reach[:n].sum())) / (self.cost(len(state.pending) + n) + head) for n in range(limit + 1)]
+        n = max(range(limit + 1), key=gains.__getitem__)
+        state.proposal, state.confidence = state.proposal[:n], state.confidence[:n]
+        return {}
+
+    def observe(self, state: DecodeState, accepted: int, drafts: Drafts, features: torch.Tensor | None = None) -> None:
+        from transformers import DynamicCache
+
+        if state.proposal:
+            self.acceptance.update(state.confidence, accepted)
+        start = time.perf_counter()
+        if self.cache is None:
+            self.cache = DynamicCache()
+        hidden = self.head.model.get_input_embeddings().weight.shape[1]
+        context = features if features is not None else torch.zeros(0, hidden, dtype=self.head.dtype, device=self.head.device)
+        if context.shape[0]:
+            self.previous = context[-1]
+        previous = self.previous if self.previous is not None else context.new_zeros(hidden)
+        n = min(self.num_draft, state.max_new_tokens - state.generated)
+        if n < 1:
+            super().observe(state, accepted, drafts)
+            return
+        u = state.u[state.generated : state.generated + n]
+        tokens, confidence, self.cache = self.head.draft(context, previous, state.tokens[-1], u, self.cache, self.past)
+        self.past = state.cached
+        state.proposal, state.confidence = tokens.tolist(), confidence.cpu()
+        self.head_seconds = time.perf_counter() - start

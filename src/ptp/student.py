@@ -95,6 +95,28 @@ class StudentConfig:
         return config_from_dict(cls, data, source)
 
 
+def slot_u(mode: str, u: torch.Tensor) -> torch.Tensor:
+    """``(..., N)`` u of a window's tokens -> ``(..., N)`` u carried by its slots (NaN = none):
+    O-PTP slot j carries ``u_{i+j}``, C-PTP ``u_{i+j-1}`` (slot 0 none), MTP none."""
+    if mode == "o-ptp":
+        return u.to(torch.float64)
+    nan = torch.full_like(u[..., :1], float("nan"), dtype=torch.float64)
+    if mode == "c-ptp":
+        return torch.cat([nan, u[..., :-1].to(torch.float64)], dim=-1)
+    return nan.expand(u.shape).clone()
+
+
+def draft_tokens(mode: str, logits: torch.Tensor, u: torch.Tensor, order: str = "rank") -> torch.Tensor:
+    """``(..., V)`` slot logits and ``(...)`` u of the predicted tokens -> ``(...)`` draft token indices.
+
+    O-PTP takes the argmax (Eq. 5); C-PTP and MTP model the final sampling distribution and pick
+    with the token's own u (Eq. 7), in the sampler's token ``order``.
+    """
+    if mode == "o-ptp":
+        return logits.argmax(-1)
+    return pick(u.to(logits.device), logits.to(torch.float64).softmax(-1), order)
+
+
 def teacher_signature(teacher: nn.Module) -> dict[str, Any]:
     """Architecture facts a saved student must match: type, vocabulary and width."""
     emb = teacher.get_input_embeddings().weight
@@ -107,6 +129,8 @@ def teacher_signature(teacher: nn.Module) -> dict[str, Any]:
 
 class Student(nn.Module):
     """Teacher + auxiliary embedding + gated LoRA. Gate-off rows are the teacher exactly."""
+
+    kind = "lora"
 
     def __init__(self, teacher: nn.Module, config: StudentConfig) -> None:
         super().__init__()
@@ -139,8 +163,24 @@ class Student(nn.Module):
         aux_dim: int = 32,
         teacher_name: str = "",
         sampling: SamplingConfig | None = None,
-    ) -> "Student":
-        """Wrap any ``AutoModelForCausalLM`` (its modules are adapted in place, its weights frozen)."""
+        kind: str = "lora",
+        **head_options: Any,
+    ) -> Any:
+        """Wrap any ``AutoModelForCausalLM`` (its weights frozen).
+
+        ``kind="lora"`` (default) adapts the teacher's modules in place with a gated LoRA;
+        ``kind="head"`` returns a ``ptp.head.HeadStudent`` (K-layer draft head on the teacher's
+        hidden states; ``head_options``: ``num_layers``, ``init``, ``draft_vocab``).
+        """
+        if kind == "head":
+            from .head import HeadConfig, HeadStudent
+
+            vocab_ids = head_options.pop("vocab_ids", None)
+            config = HeadConfig(mode=mode, num_draft_tokens=num_draft_tokens, aux_embedding=aux_embedding, aux_dim=aux_dim,
+                                teacher=teacher_name, sampling=sampling.to_dict() if sampling is not None else None, **head_options)
+            return HeadStudent(teacher, config, vocab_ids=vocab_ids)
+        if kind != "lora" or head_options:
+            raise UserError(f"kind={kind!r} is invalid: use lora or head (options {sorted(head_options)} are for heads)")
         config = StudentConfig(
             mode=mode,
             num_draft_tokens=num_draft_tokens,
@@ -223,22 +263,11 @@ class Student(nn.Module):
 
     def slot_u(self, u: torch.Tensor) -> torch.Tensor:
         """``(..., N)`` u of the window's tokens -> ``(..., N)`` u carried by its slots (NaN = none)."""
-        if self.mode == "o-ptp":
-            return u.to(torch.float64)
-        nan = torch.full_like(u[..., :1], float("nan"), dtype=torch.float64)
-        if self.mode == "c-ptp":
-            return torch.cat([nan, u[..., :-1].to(torch.float64)], dim=-1)
-        return nan.expand(u.shape).clone()
+        return slot_u(self.mode, u)
 
     def draft_tokens(self, logits: torch.Tensor, u: torch.Tensor, order: str = "rank") -> torch.Tensor:
-        """``(..., V)`` slot logits and ``(...)`` u of the predicted tokens -> ``(...)`` draft tokens.
-
-        O-PTP takes the argmax (Eq. 5); C-PTP and MTP model the final sampling distribution and
-        pick with the token's own u (Eq. 7), in the sampler's token ``order``.
-        """
-        if self.mode == "o-ptp":
-            return logits.argmax(-1)
-        return pick(u, logits.to(torch.float64).softmax(-1), order)
+        """``(..., V)`` slot logits and ``(...)`` u of the predicted tokens -> ``(...)`` draft tokens."""
+        return draft_tokens(self.mode, logits, u, order)
 
     # ---------------------------------------------------------------- persistence
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -280,6 +309,10 @@ class Student(nn.Module):
             raise UserError(f"{config_path} is not valid JSON ({e}): restore it or re-save the student") from None
         if not isinstance(data, dict):
             raise UserError(f"{config_path} must hold a JSON object: restore it or re-save the student")
+        if data.get("kind") == "head":
+            from .head import HeadStudent
+
+            return HeadStudent.from_config_dict(data, directory, teacher, **teacher_kwargs)
         config = StudentConfig.from_dict(data, source=str(config_path))
         if teacher is None:
             from .models import load_teacher

@@ -1,0 +1,345 @@
+"""The PTP draft head: the teacher's last K decoder layers reading its own hidden states.
+
+Where the gated-LoRA student (``ptp.student``) runs all L teacher layers on its draft slots, the
+head runs only K (1-2) of them, entered at depth ``L - K``. A head call over one sequence lays
+out, in this row order and position order:
+
+* context rows, one per token ``j`` the teacher has processed: the teacher's hidden state
+  entering layer ``L - K`` at ``j`` (``ptp.features``). At initialisation the head's layers are
+  the teacher's, so these rows continue the teacher's own computation exactly;
+* the bonus row at position ``i``: the token ``t_i`` the teacher has just verified (its correction
+  or bonus token), which the teacher has not run yet. Its input fuses the embedding of ``t_i``
+  with the hidden state of position ``i - 1`` (``lift_token``);
+* N draft slots at positions ``i + 1 .. i + N``: slot k carries the u its mode gives it
+  (``ptp.student.slot_u``: O-PTP ``u_{i+1+k}``, C-PTP ``u_{i+k}`` for k >= 1, MTP none), lifted
+  into the residual stream (``lift_slot``), and predicts ``t_{i+1+k}`` (Theorem 1: N tokens
+  that are consistent with each other in ONE call).
+
+Training sees exactly these rows (``windows``, with ``ptp.masks.training_layout``: each window's
+bonus row and slots see only the context before it), so there is no exposure bias and nothing
+to unroll. Output goes through the teacher's final norm and output layer, optionally restricted
+to a draft vocabulary of frequent tokens (``vocab_ids``); a true token outside it is a miss.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+from torch import nn
+
+from .aux_embedding import AuxEmbedding, parse_aux_embedding
+from .config import SamplingConfig, config_from_dict
+from .errors import UserError
+from .features import capture_layer_input, decoder_layers, run_until_captured
+from .hf_cache import cache_kwarg, output_cache
+from .io import write_bytes, write_json
+from .masks import additive_mask, training_layout
+from .student import CONFIG_NAME, MODES, WEIGHTS_NAME, draft_tokens, slot_u, teacher_signature
+
+INITS = ("teacher", "fresh")
+
+
+@dataclass
+class HeadConfig:
+    """Everything that defines a draft head besides its teacher's weights.
+
+    Attributes:
+        kind: always ``head`` (the key that tells a head's directory from a LoRA student's).
+        mode: ``o-ptp``, ``c-ptp`` or ``mtp`` (see ``ptp.student``).
+        num_draft_tokens: N, slots per head call (tokens proposed per teacher call).
+        num_layers: K, decoder layers of the head; it reads the teacher's states entering layer L - K.
+        init: ``teacher`` (copies of the teacher's last K layers, option (b)) or ``fresh``
+            (randomly initialised layers of the same architecture, EAGLE-style option (a)).
+        draft_vocab: size of the draft vocabulary (the most frequent training tokens); 0 = all.
+        aux_embedding: embedding of u, ``FEATURE+HEAD`` (App. C.1).
+        aux_dim: features of the auxiliary embedding.
+        teacher: name or path of the teacher (recorded for ``from_pretrained``).
+        teacher_signature: architecture facts checked on reload.
+        sampling: the SamplingConfig (as a dict) the head was trained for.
+    """
+
+    kind: str = "head"
+    mode: str = "o-ptp"
+    num_draft_tokens: int = 8
+    num_layers: int = 2
+    init: str = "teacher"
+    draft_vocab: int = 0
+    aux_embedding: str = "ar+lin"
+    aux_dim: int = 32
+    teacher: str = ""
+    teacher_signature: dict[str, Any] = field(default_factory=dict)
+    sampling: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.kind == "head", f"kind={self.kind!r} is invalid for a head config: use head"),
+            (self.mode in MODES, f"mode={self.mode!r} is invalid: use one of {', '.join(MODES)}"),
+            (int(self.num_draft_tokens) >= 1, f"num_draft_tokens={self.num_draft_tokens!r} is invalid: use an integer >= 1"),
+            (int(self.num_layers) >= 1, f"num_layers={self.num_layers!r} is invalid: use an integer >= 1"),
+            (self.init in INITS, f"init={self.init!r} is invalid: use one of {', '.join(INITS)}"),
+            (int(self.draft_vocab) >= 0, f"draft_vocab={self.draft_vocab!r} is invalid: use 0 (all) or a size >= 1"),
+            (int(self.aux_dim) >= 1, f"aux_dim={self.aux_dim!r} is invalid: use an integer >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        try:
+            parse_aux_embedding(self.aux_embedding)
+            if self.sampling is not None:
+                SamplingConfig.from_dict(self.sampling)
+        except (ValueError, TypeError) as e:
+            raise UserError(f"head config: {e}") from None
+
+
+class Lift(nn.Module):
+    """Maps an input of another scale (an embedding, a u feature) into the residual stream at
+    depth L - K: ``mean + gain * linear(rms_norm(x))``. It starts at the teacher's average state
+    there (per channel: real residual streams have a few huge channels, which an isotropic
+    vector of the same norm would not), with a small input-dependent part."""
+
+    def __init__(self, in_dim: int, hidden: int, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, hidden, bias=False)
+        self.gain = nn.Parameter(0.5 * std.float().clone())
+        self.mean = nn.Parameter(mean.float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in_dim) -> (..., hidden)
+        return self.mean + self.gain * self.linear(F.rms_norm(x, (x.shape[-1],)))
+
+
+def _build_body(teacher: nn.Module, num_layers: int, init: str) -> nn.Module:
+    """A base model of the teacher's class with K layers (the teacher's last K, or fresh), the
+    teacher's final norm, and no token or position embedding (inputs are hidden states)."""
+    layers = decoder_layers(teacher)
+    total = len(layers)
+    if not 1 <= num_layers < total:
+        raise UserError(f"num_layers={num_layers} is invalid for a teacher of {total} layers: use 1..{total - 1}")
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = num_layers
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[total - num_layers :]
+    base_teacher = teacher.base_model
+    dtype = teacher.get_input_embeddings().weight.dtype
+    body = type(teacher)(config).base_model.to(dtype)
+    body.set_input_embeddings(nn.Embedding(1, config.hidden_size))  # unused: rows come as hidden states
+    own = body.state_dict()
+    source = base_teacher.state_dict()
+    prefix = next(name for name, m in body.named_modules() if m is decoder_layers(body))
+    with torch.no_grad():
+        for key, value in own.items():
+            if key.startswith(prefix + "."):
+                if init == "teacher":
+                    index, rest = key[len(prefix) + 1 :].split(".", 1)
+                    value.copy_(source[f"{prefix}.{total - num_layers + int(index)}.{rest}"])
+            elif key in source and source[key].shape == value.shape:
+                value.copy_(source[key])  # final norm, rotary buffers
+        for module in body.modules():
+            # Absolute position embeddings (GPT-2's wpe) are already inside the teacher's states.
+            if isinstance(module, nn.Embedding) and module is not body.get_input_embeddings():
+                module.weight.zero_()
+    return body.eval()
+
+
+class HeadStudent(nn.Module):
+    """Teacher (frozen, verifies) + a K-layer draft head (trained). ``model`` is the teacher."""
+
+    kind = "head"
+
+    def __init__(self, teacher: nn.Module, config: HeadConfig, vocab_ids: torch.Tensor | None = None) -> None:
+        super().__init__()
+        config.teacher_signature = teacher_signature(teacher)
+        if not config.teacher:
+            config.teacher = str(getattr(teacher.config, "_name_or_path", "") or "")
+        self.config = config
+        self.model = teacher
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.feature_layer = len(decoder_layers(teacher)) - config.num_layers
+        self.body = _build_body(teacher, config.num_layers, config.init)
+        for p in self.body.parameters():
+            p.requires_grad_(True)
+        embed = teacher.get_input_embeddings().weight
+        hidden = embed.shape[1]
+        mean, std = self._feature_stats()
+        self.lift_token = Lift(2 * hidden, hidden, mean, std)  # [state of i - 1, embedding of t_i]
+        self.lift_slot = Lift(hidden, hidden, mean, std)
+        self.aux = AuxEmbedding(hidden, config.aux_embedding, config.aux_dim)
+        if vocab_ids is None:
+            vocab_ids = torch.arange(teacher.get_output_embeddings().weight.shape[0])
+        self.register_buffer("vocab_ids", vocab_ids.to(torch.long).to(embed.device))
+        self.to(device=embed.device)
+        for module in (self.lift_token, self.lift_slot, self.aux):
+            module.to(dtype=embed.dtype)
+
+    @torch.no_grad()
+    def _feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std ``(H,)`` of the teacher's states entering layer L - K, on a
+        fixed short input (positions after the first: the first token's state is an outlier)."""
+        device = self.model.get_input_embeddings().weight.device
+        ids = torch.arange(1, 65, device=device).clamp_max(self.model.get_input_embeddings().weight.shape[0] - 1)
+        with capture_layer_input(self.model, self.feature_layer, stop=True) as captured:
+            run_until_captured(self.model, input_ids=ids.unsqueeze(0))
+        states = captured[0][0, 1:].float()
+        return states.mean(0), states.std(0)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    @property
+    def num_draft_tokens(self) -> int:
+        return self.config.num_draft_tokens
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig.from_dict(self.config.sampling) if self.config.sampling else SamplingConfig()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    # ---------------------------------------------------------------- rows and outputs
+    def bonus_rows(self, previous: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``(..., H)`` states at i - 1 and ``(...)`` tokens t_i -> ``(..., H)`` bonus-row inputs."""
+        emb = self.model.get_input_embeddings()(tokens)
+        return self.lift_token(torch.cat([previous.to(emb.dtype), emb], dim=-1))
+
+    def slot_rows(self, u: torch.Tensor) -> torch.Tensor:
+        """``(...)`` slot u (NaN: none) -> ``(..., H)`` slot inputs."""
+        return self.lift_slot(self.aux(u))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(..., H)`` normed head outputs -> ``(..., V')`` logits over the draft vocabulary."""
+        weight = self.model.get_output_embeddings().weight
+        if self.vocab_ids.numel() != weight.shape[0]:
+            weight = weight[self.vocab_ids]
+        flat = hidden.reshape(-1, hidden.shape[-1]) @ weight.to(hidden.dtype).T  # one 2-D matmul, no broadcast copies
+        return flat.reshape(*hidden.shape[:-1], -1)
+
+    def _body(self, rows: torch.Tensor, **kwargs: Any) -> Any:
+        return self.body(inputs_embeds=rows, **kwargs)
+
+    # ---------------------------------------------------------------- training
+    def windows(self, features: torch.Tensor, tokens: torch.Tensor, starts: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """One training call over cached teacher features.
+
+        Args:
+            features: ``(B, T, H)`` teacher states entering layer L - K.
+            tokens: ``(B, T)`` token ids.
+            starts: ``(B, W)`` bonus positions i, each in ``[1, T - N - 1]``.
+            u: ``(B, W, N)`` u of the tokens ``t_{i+1} .. t_{i+N}`` each window predicts.
+        Returns:
+            ``(B, W, N, V')`` slot logits over the draft vocabulary.
+        """
+        b, t, _ = features.shape
+        w, n = starts.shape[1], self.num_draft_tokens
+        batch = torch.arange(b, device=features.device)[:, None]
+        bonus = self.bonus_rows(features[batch, starts - 1], tokens[batch, starts])  # (B, W, H)
+        slots = self.slot_rows(slot_u(self.mode, u))  # (B, W, N, H)
+        windows = torch.cat([bonus.unsqueeze(2), slots.to(bonus.dtype)], dim=2).reshape(b, w * (n + 1), -1)
+        rows = torch.cat([features.to(windows.dtype), windows], dim=1)
+        visible, positions, _ = training_layout(t, starts.cpu(), n + 1)
+        out = self._body(rows, attention_mask=additive_mask(visible.to(rows.device), rows.dtype),
+                         position_ids=positions.to(rows.device)).last_hidden_state
+        slot_hidden = out[:, t:].reshape(b, w, n + 1, -1)[:, :, 1:]
+        return self.logits(slot_hidden)
+
+    # ---------------------------------------------------------------- decoding
+    def draft(self, context: torch.Tensor, previous: torch.Tensor, bonus: int, u: torch.Tensor,
+              cache: Any, past: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """One head call while decoding one sequence.
+
+        Args:
+            context: ``(C, H)`` teacher states of the tokens newly in the teacher's cache.
+            previous: ``(H,)`` the teacher state of the token before the bonus token.
+            bonus: the verified token t_i the teacher has not run yet, at position ``past + C``.
+            u: ``(N,)`` u of ``t_{i+1} .. t_{i+N}``.
+            cache: the head's KV cache over ``past`` context rows (extended by the C new ones).
+        Returns:
+            ``(tokens (N,), confidence (N,) float64, cache)``: draft tokens and the head's
+            probability of each.
+        """
+        n = u.shape[0]
+        bonus_row = self.bonus_rows(previous.unsqueeze(0), torch.tensor([bonus], device=self.device))
+        slots = self.slot_rows(slot_u(self.mode, u.unsqueeze(0))[0].to(self.device))
+        rows = torch.cat([context.to(bonus_row.dtype), bonus_row, slots.to(bonus_row.dtype)]).unsqueeze(0)
+        positions = torch.arange(past, past + rows.shape[1], device=self.device).unsqueeze(0)
+        out = self._body(rows, position_ids=positions, use_cache=True, **{cache_kwarg(self.body): cache})
+        cache = output_cache(out)
+        cache.crop(-(1 + n))  # keep context rows only: the bonus row comes back as context next time
+        logits = self.logits(out.last_hidden_state[0, -n:])
+        index = draft_tokens(self.mode, logits, u, self.sampling.order)
+        logp = logits.float().log_softmax(-1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        return self.vocab_ids[index], logp.exp().to(torch.float64), cache
+
+    # ---------------------------------------------------------------- persistence
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The head's weights and its draft vocabulary (never the teacher's)."""
+        state = {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+        state["vocab_ids"] = self.vocab_ids
+        return state
+
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write ``student.safetensors`` and ``ptp_student.json`` (with ``kind: head``), atomically."""
+        directory = Path(directory)
+        tensors = {k: (v if k == "vocab_ids" else v.to(dtype or v.dtype)).contiguous().cpu() for k, v in self.trainable_state_dict().items()}
+        write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt", "ptp": "head"}))
+        write_json(directory / CONFIG_NAME, asdict(self.config))
+
+    @classmethod
+    def from_config_dict(cls, data: dict[str, Any], directory: Path, teacher: nn.Module | None, **teacher_kwargs: Any) -> "HeadStudent":
+        """Reload a saved head (``Student.from_pretrained`` dispatches here on ``kind: head``)."""
+        config = config_from_dict(HeadConfig, data, str(directory / CONFIG_NAME))
+        if teacher is None:
+            from .models import load_teacher
+
+            teacher = load_teacher(config.teacher, **teacher_kwargs)
+        _check_signature(config, teacher, directory)
+        weights = directory / WEIGHTS_NAME
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UserError(f"{weights} is missing or damaged ({e}): restore it or retrain the head") from None
+        vocab = state.get("vocab_ids")
+        if vocab is None or vocab.dim() != 1 or (vocab.numel() and int(vocab.max()) >= teacher.get_output_embeddings().weight.shape[0]):
+            raise UserError(f"{weights} has no valid vocab_ids: restore it or retrain the head")
+        head = cls(teacher, config, vocab_ids=vocab)
+        own = head.trainable_state_dict()
+        if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+            raise UserError(f"{weights} does not fit this teacher: pass the teacher it was trained on ({config.teacher!r})")
+        with torch.no_grad():
+            params = dict(head.named_parameters())
+            for k, v in state.items():
+                if k != "vocab_ids":
+                    params[k].copy_(v)
+        return head
+
+
+def _check_signature(config: HeadConfig, teacher: nn.Module, directory: Path) -> None:
+    expected, actual = config.teacher_signature, teacher_signature(teacher)
+    diff = {k: (expected[k], actual.get(k)) for k in expected if expected[k] != actual.get(k)}
+    if diff:
+        detail = ", ".join(f"{k}: head {a!r} vs teacher {b!r}" for k, (a, b) in diff.items())
+        raise UserError(f"teacher does not match the head in {directory} ({detail}): pass the teacher it was trained on ({config.teacher!r})")
+
+
+def frequent_tokens(sequences: list[torch.Tensor], size: int, vocab: int) -> torch.Tensor:
+    """The ``size`` most frequent ids of ``sequences`` (ties by id), sorted: a draft vocabulary."""
+    counts = torch.zeros(vocab, dtype=torch.long)
+    for seq in sequences:
+        counts += torch.bincount(seq.long(), minlength=vocab)
+    order = sorted(range(vocab), key=lambda i: (-int(counts[i]), i))[:size]
+    return torch.tensor(sorted(order), dtype=torch.long)
+
