@@ -21,7 +21,7 @@ import torch
 from ptp import SamplingConfig, Student
 from ptp.features import load_feature_shards
 from ptp.head import frequent_tokens
-from ptp.head_training import HeadTrainConfig, train_head
+from ptp.head_training import HeadTrainConfig, restore_checkpoint, train_head
 from ptp.io import write_json
 from ptp.models import load_teacher
 
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=48)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--teacher", default="smollm2-135m-instruct")
+    parser.add_argument("--export", action="store_true", help="write RUN_DIR/student from the last checkpoint and stop")
     for f in fields(HeadTrainConfig):
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     args = parser.parse_args()
@@ -63,6 +64,12 @@ def main() -> None:
     assert head.feature_layer == index["config"]["layer"], "the features were captured at another layer"
     cfg = HeadTrainConfig(**{f.name: getattr(args, f.name) for f in fields(HeadTrainConfig)})
     args.run.mkdir(parents=True, exist_ok=True)
+    if args.export:
+        params = {n: p for n, p in head.named_parameters() if p.requires_grad}
+        record = restore_checkpoint(args.run, params)
+        head.save_pretrained(args.run / "student", dtype=torch.bfloat16)
+        print(f"wrote {args.run / 'student'} from step {record['step']}")
+        return
     print(f"{len(train)} training sequences ({sum(len(e['tokens']) for e in train)} tokens), {len(val)} held out", flush=True)
     record = train_head(head, train, val, cfg, args.run, log=lambda line: print(line, flush=True), more_data=more_data)
     head.save_pretrained(args.run / "student", dtype=torch.bfloat16)

@@ -212,6 +212,11 @@ def train_head(head: Any, train: list[dict[str, torch.Tensor]], val: list[dict[s
     return record
 
 
+def restore_checkpoint(directory: str | Path, params: dict[str, torch.nn.Parameter]) -> dict[str, Any]:
+    """Load the weights of ``directory``'s checkpoint into ``params``; returns its record."""
+    return _restore(Path(directory) / f"{CHECKPOINT}.safetensors", params, None)
+
+
 def _save(directory: Path, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, record: dict[str, Any]) -> None:
     tensors = {f"param.{n}": p.detach().contiguous() for n, p in params.items()}
     for n, p in params.items():
@@ -222,7 +227,7 @@ def _save(directory: Path, params: dict[str, torch.nn.Parameter], optimizer: tor
     write_bytes(directory / f"{CHECKPOINT}.safetensors", save(tensors, metadata={"record": json.dumps(record)}))
 
 
-def _restore(path: Path, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def _restore(path: Path, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     with safe_open(str(path), "pt") as f:
         record = json.loads(f.metadata()["record"])
     tensors = load_file(str(path))
@@ -230,7 +235,7 @@ def _restore(path: Path, params: dict[str, torch.nn.Parameter], optimizer: torch
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[f"param.{n}"])
-            if f"exp_avg.{n}" in tensors:
+            if optimizer is not None and f"exp_avg.{n}" in tensors:
                 optimizer.state[p] = {"step": torch.tensor(float(step)), "exp_avg": tensors[f"exp_avg.{n}"].clone(),
                                       "exp_avg_sq": tensors[f"exp_avg_sq.{n}"].clone()}
     return record
