@@ -8,12 +8,16 @@ out, in this row order and position order:
   entering layer ``L - K`` at ``j`` (``ptp.features``). At initialisation the head's layers are
   the teacher's, so these rows continue the teacher's own computation exactly;
 * the bonus row at position ``i``: the token ``t_i`` the teacher has just verified (its correction
-  or bonus token), which the teacher has not run yet. Its input fuses the embedding of ``t_i``
-  with the hidden state of position ``i - 1`` (``lift_token``);
-* N draft slots at positions ``i + 1 .. i + N``: slot k carries the u its mode gives it
-  (``ptp.student.slot_u``: O-PTP ``u_{i+1+k}``, C-PTP ``u_{i+k}`` for k >= 1, MTP none), lifted
-  into the residual stream (``lift_slot``), and predicts ``t_{i+1+k}`` (Theorem 1: N tokens
-  that are consistent with each other in ONE call).
+  or bonus token), which the teacher has not run yet. Its input fuses the hidden state of
+  position ``i - 1``, the embedding of ``t_i`` and its u (``lift_token``); it predicts ``t_{i+1}``;
+* N - 1 draft slots at positions ``i + 1 .. i + N - 1``, whose tokens are not known yet: slot k
+  carries a u (``lift_slot``) and predicts ``t_{i+1+k}``.
+
+As in the teacher, the row at position p predicts the token at p + 1, so teacher-initialised
+layers keep their job. Window row k carries ``ptp.student.slot_u(mode, u_{i+1} .. u_{i+N})[k]``:
+O-PTP the u of the token it predicts (its argmax is that token, Eq. 5), C-PTP the u of the token
+at its own position (none on the bonus row, whose token is given), MTP none. N tokens that are
+consistent with each other come from ONE call (Theorem 1).
 
 Training sees exactly these rows (``windows``, with ``ptp.masks.training_layout``: each window's
 bonus row and slots see only the context before it), so there is no exposure bias and nothing
@@ -99,10 +103,11 @@ class HeadConfig:
 
 
 class Lift(nn.Module):
-    """Maps an input of another scale (an embedding, a u feature) into the residual stream at
-    depth L - K: ``mean + gain * linear(rms_norm(x))``. It starts at the teacher's average state
-    there (per channel: real residual streams have a few huge channels, which an isotropic
-    vector of the same norm would not), with a small input-dependent part."""
+    """Maps inputs of other scales (a state, an embedding, a u feature) into the residual stream
+    at depth L - K: ``mean + gain * linear([rms_norm(x_1), ..., rms_norm(x_m)])``. Each part is
+    normalised on its own: a deep state's few huge channels would otherwise drown an embedding.
+    It starts at the teacher's average state there (per channel), with a small input-dependent
+    part."""
 
     def __init__(self, in_dim: int, hidden: int, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
@@ -110,8 +115,9 @@ class Lift(nn.Module):
         self.gain = nn.Parameter(0.5 * std.float().clone())
         self.mean = nn.Parameter(mean.float().clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in_dim) -> (..., hidden)
-        return self.mean + self.gain * self.linear(F.rms_norm(x, (x.shape[-1],)))
+    def forward(self, *parts: torch.Tensor) -> torch.Tensor:  # (..., d_1), ..., (..., d_m) -> (..., hidden)
+        x = torch.cat([F.rms_norm(p, (p.shape[-1],)) for p in parts], dim=-1)
+        return self.mean + self.gain * self.linear(x)
 
 
 def _build_body(teacher: nn.Module, num_layers: int, init: str) -> nn.Module:
@@ -168,7 +174,7 @@ class HeadStudent(nn.Module):
         embed = teacher.get_input_embeddings().weight
         hidden = embed.shape[1]
         mean, std = self._feature_stats()
-        self.lift_token = Lift(2 * hidden, hidden, mean, std)  # [state of i - 1, embedding of t_i]
+        self.lift_token = Lift(3 * hidden, hidden, mean, std)  # [state of i - 1, embedding of t_i, u feature]
         self.lift_slot = Lift(hidden, hidden, mean, std)
         self.aux = AuxEmbedding(hidden, config.aux_embedding, config.aux_dim)
         if vocab_ids is None:
@@ -211,10 +217,20 @@ class HeadStudent(nn.Module):
         return self.model.get_input_embeddings().weight.device
 
     # ---------------------------------------------------------------- rows and outputs
-    def bonus_rows(self, previous: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """``(..., H)`` states at i - 1 and ``(...)`` tokens t_i -> ``(..., H)`` bonus-row inputs."""
+    @torch.no_grad()
+    def init_from_features(self, states: torch.Tensor) -> None:
+        """Start the lifts at the per-channel mean and spread of real teacher states ``(M, H)``
+        entering layer L - K (what training data gives; the constructor can only probe a short
+        fixed input)."""
+        states = states.float()
+        for lift in (self.lift_token, self.lift_slot):
+            lift.mean.copy_(states.mean(0))
+            lift.gain.copy_(0.5 * states.std(0))
+
+    def bonus_rows(self, previous: torch.Tensor, tokens: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``(..., H)`` states at i - 1, ``(...)`` tokens t_i and ``(...)`` row u -> ``(..., H)`` bonus-row inputs."""
         emb = self.model.get_input_embeddings()(tokens)
-        return self.lift_token(torch.cat([previous.to(emb.dtype), emb], dim=-1))
+        return self.lift_token(previous.to(emb.dtype), emb, self.aux(u).to(emb.dtype))
 
     def slot_rows(self, u: torch.Tensor) -> torch.Tensor:
         """``(...)`` slot u (NaN: none) -> ``(..., H)`` slot inputs."""
@@ -241,20 +257,20 @@ class HeadStudent(nn.Module):
             starts: ``(B, W)`` bonus positions i, each in ``[1, T - N - 1]``.
             u: ``(B, W, N)`` u of the tokens ``t_{i+1} .. t_{i+N}`` each window predicts.
         Returns:
-            ``(B, W, N, V')`` slot logits over the draft vocabulary.
+            ``(B, W, N, V')`` logits of the window rows over the draft vocabulary.
         """
         b, t, _ = features.shape
         w, n = starts.shape[1], self.num_draft_tokens
         batch = torch.arange(b, device=features.device)[:, None]
-        bonus = self.bonus_rows(features[batch, starts - 1], tokens[batch, starts])  # (B, W, H)
-        slots = self.slot_rows(slot_u(self.mode, u))  # (B, W, N, H)
-        windows = torch.cat([bonus.unsqueeze(2), slots.to(bonus.dtype)], dim=2).reshape(b, w * (n + 1), -1)
+        row_u = slot_u(self.mode, u)  # (B, W, N)
+        bonus = self.bonus_rows(features[batch, starts - 1], tokens[batch, starts], row_u[..., 0])  # (B, W, H)
+        slots = self.slot_rows(row_u[..., 1:])  # (B, W, N - 1, H)
+        windows = torch.cat([bonus.unsqueeze(2), slots.to(bonus.dtype)], dim=2).reshape(b, w * n, -1)
         rows = torch.cat([features.to(windows.dtype), windows], dim=1)
-        visible, positions, _ = training_layout(t, starts.cpu(), n + 1)
+        visible, positions, _ = training_layout(t, starts.cpu(), n)
         out = self._body(rows, attention_mask=additive_mask(visible.to(rows.device), rows.dtype),
                          position_ids=positions.to(rows.device)).last_hidden_state
-        slot_hidden = out[:, t:].reshape(b, w, n + 1, -1)[:, :, 1:]
-        return self.logits(slot_hidden)
+        return self.logits(out[:, t:].reshape(b, w, n, -1))
 
     # ---------------------------------------------------------------- decoding
     def draft(self, context: torch.Tensor, previous: torch.Tensor, bonus: int, u: torch.Tensor,
@@ -272,13 +288,14 @@ class HeadStudent(nn.Module):
             probability of each.
         """
         n = u.shape[0]
-        bonus_row = self.bonus_rows(previous.unsqueeze(0), torch.tensor([bonus], device=self.device))
-        slots = self.slot_rows(slot_u(self.mode, u.unsqueeze(0))[0].to(self.device))
+        row_u = slot_u(self.mode, u).to(self.device)
+        bonus_row = self.bonus_rows(previous.unsqueeze(0), torch.tensor([bonus], device=self.device), row_u[:1])
+        slots = self.slot_rows(row_u[1:])
         rows = torch.cat([context.to(bonus_row.dtype), bonus_row, slots.to(bonus_row.dtype)]).unsqueeze(0)
         positions = torch.arange(past, past + rows.shape[1], device=self.device).unsqueeze(0)
         out = self._body(rows, position_ids=positions, use_cache=True, **{cache_kwarg(self.body): cache})
         cache = output_cache(out)
-        cache.crop(-(1 + n))  # keep context rows only: the bonus row comes back as context next time
+        cache.crop(-n)  # keep context rows only: the bonus row comes back as context next time
         logits = self.logits(out.last_hidden_state[0, -n:])
         index = draft_tokens(self.mode, logits, u, self.sampling.order)
         logp = logits.float().log_softmax(-1).gather(-1, index.unsqueeze(-1)).squeeze(-1)

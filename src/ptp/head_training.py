@@ -46,6 +46,8 @@ class HeadTrainConfig:
         final_lr_ratio: learning rate at the last step as a fraction of ``lr``.
         weight_decay: AdamW decoupled weight decay.
         grad_clip: gradient norm clip (0: off).
+        new_lr_factor: learning-rate multiplier of the modules a teacher does not have (the lifts
+            and the u embedding): they start from scratch, unlike teacher-initialised layers.
         beta: App. D's Beta(b, b) for u inside intervals (1: uniform).
         val_every: validate every this many steps.
         save_every: checkpoint every this many steps.
@@ -60,6 +62,7 @@ class HeadTrainConfig:
     final_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    new_lr_factor: float = 10.0
     beta: float = 1.0
     val_every: int = 250
     save_every: int = 100
@@ -78,21 +81,22 @@ def valid_starts(lo: torch.Tensor, hi: torch.Tensor, num_draft: int) -> torch.Te
     return starts[run[starts + 1]]
 
 
-def make_batch(examples: list[dict[str, torch.Tensor]], picks: list[int], windows: int, num_draft: int,
-               generator: torch.Generator, beta: float = 1.0) -> dict[str, torch.Tensor] | None:
-    """Padded features, tokens, window starts, u and target tokens of the picked sequences.
-
-    Returns ``features (B, T, H)``, ``tokens (B, T)``, ``starts (B, W)``, ``u (B, W, N)`` and
-    ``targets (B, W, N)``; None when no picked sequence has a valid window.
-    """
-    chosen = []
-    for i in picks:
-        starts = valid_starts(examples[i]["lo"], examples[i]["hi"], num_draft)
-        if starts.numel():
-            sel = torch.randint(0, starts.numel(), (windows,), generator=generator)
-            chosen.append((examples[i], starts[sel]))
-    if not chosen:
+def draw_starts(example: dict[str, torch.Tensor], windows: int, num_draft: int,
+                generator: torch.Generator) -> torch.Tensor | None:
+    """``(W,)`` bonus positions drawn uniformly among the example's valid ones; None if it has none."""
+    starts = valid_starts(example["lo"], example["hi"], num_draft)
+    if not starts.numel():
         return None
+    return starts[torch.randint(0, starts.numel(), (windows,), generator=generator)]
+
+
+def collate_windows(chosen: list[tuple[dict[str, torch.Tensor], torch.Tensor]], num_draft: int,
+                    generators: list[torch.Generator], beta: float = 1.0) -> dict[str, torch.Tensor]:
+    """Padded batch of examples with their ``(W,)`` window starts; row r's u come from ``generators[r]``.
+
+    Returns ``features (B, T, H)`` bf16, ``tokens (B, T)``, ``starts (B, W)``, ``u (B, W, N)`` float64
+    and ``targets (B, W, N)``.
+    """
     width = max(e["tokens"].shape[0] for e, _ in chosen)
     hidden = chosen[0][0]["features"].shape[1]
     b = len(chosen)
@@ -100,7 +104,7 @@ def make_batch(examples: list[dict[str, torch.Tensor]], picks: list[int], window
     tokens = torch.zeros(b, width, dtype=torch.long)
     offsets = torch.arange(1, num_draft + 1)
     all_starts, us, targets = [], [], []
-    for row, (e, starts) in enumerate(chosen):
+    for row, ((e, starts), generator) in enumerate(zip(chosen, generators)):
         t = e["tokens"].shape[0]
         features[row, :t] = e["features"]
         tokens[row, :t] = e["tokens"]
@@ -112,17 +116,32 @@ def make_batch(examples: list[dict[str, torch.Tensor]], picks: list[int], window
             "targets": torch.stack(targets)}
 
 
+def make_batch(examples: list[dict[str, torch.Tensor]], picks: list[int], windows: int, num_draft: int,
+               generator: torch.Generator, beta: float = 1.0) -> dict[str, torch.Tensor] | None:
+    """Padded features, tokens, window starts, u and target tokens of the picked sequences.
+
+    One generator draws every row's starts, then every row's u. Returns ``collate_windows``'s
+    batch; None when no picked sequence has a valid window.
+    """
+    drawn = [(examples[i], draw_starts(examples[i], windows, num_draft, generator)) for i in picks]
+    chosen = [(e, starts) for e, starts in drawn if starts is not None]
+    if not chosen:
+        return None
+    return collate_windows(chosen, num_draft, [generator] * len(chosen), beta)
+
+
 def head_loss(head: Any, batch: dict[str, torch.Tensor], autocast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of the slots and their draft tokens. Returns ``(loss, drafts (B, W, N))``.
 
     With ``autocast`` the matmuls run in bfloat16 on a float32 head (CPUs with bf16 matrix
-    units run them several times faster; the features are bf16 anyway)."""
+    units run them several times faster; the features are bf16 anyway). Lightning runs pass
+    False: their ``--precision`` decides."""
     dtype = next(head.body.parameters()).dtype
-    device = batch["features"].device.type
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast and dtype == torch.float32):
+    device = batch["features"].device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast and dtype == torch.float32):
         logits = head.windows(batch["features"].to(dtype), batch["tokens"], batch["starts"], batch["u"])
-    index_of = torch.full((head.model.get_output_embeddings().weight.shape[0],), -100, dtype=torch.long)
-    index_of[head.vocab_ids.cpu()] = torch.arange(head.vocab_ids.numel())
+    index_of = torch.full((head.model.get_output_embeddings().weight.shape[0],), -100, dtype=torch.long, device=device)
+    index_of[head.vocab_ids.to(device)] = torch.arange(head.vocab_ids.numel(), device=device)
     target = index_of[batch["targets"]]
     loss = F.cross_entropy(logits.flatten(0, 2).float(), target.flatten(), ignore_index=-100)
     with torch.no_grad():
@@ -132,27 +151,43 @@ def head_loss(head: Any, batch: dict[str, torch.Tensor], autocast: bool = True) 
     return loss, drafts
 
 
+def evaluation_batches(examples: list[dict[str, torch.Tensor]], windows: int, num_draft: int,
+                       seed: int = 1234) -> list[dict[str, torch.Tensor]]:
+    """One batch per held-out sequence that has a valid window: fixed windows and u."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = (make_batch(examples, [i], windows, num_draft, generator) for i in range(len(examples)))
+    return [b for b in batches if b is not None]
+
+
 @torch.no_grad()
+def window_tally(head: Any, batch: dict[str, torch.Tensor], autocast: bool = True) -> torch.Tensor:
+    """``(2 + N,)`` float64 sums over a batch's windows: matching draft prefix, windows, hits per slot."""
+    _, drafts = head_loss(head, batch, autocast)
+    hit = drafts == batch["targets"]
+    correct = num_correct(drafts, batch["targets"]).double().sum()
+    count = torch.tensor(float(hit.shape[0] * hit.shape[1]), dtype=torch.float64, device=hit.device)
+    return torch.cat([correct[None], count[None], hit.double().sum((0, 1))])
+
+
+def summarise(tally: torch.Tensor) -> dict[str, Any]:
+    """``window_tally`` sums -> windows, decode MAT (1 + the matching prefix of the N drafts: the
+    tokens per teacher call a decoder would get) and per-slot accuracy."""
+    count = int(tally[1])
+    if not count:
+        return {"windows": 0}
+    return {"windows": count, "mat": 1.0 + float(tally[0]) / count,
+            "slot_accuracy": [round(float(x) / count, 4) for x in tally[2:]]}
+
+
 def evaluate(head: Any, examples: list[dict[str, torch.Tensor]], windows: int = 16, seed: int = 1234) -> dict[str, Any]:
     """Per-slot accuracy and the tokens per teacher call a decoder would get (1 + the matching
     prefix of the N drafts) on held-out sequences, with fixed windows and u."""
     head.eval()
-    generator = torch.Generator().manual_seed(seed)
-    correct, slots, count = 0.0, None, 0
-    for i in range(len(examples)):
-        batch = make_batch(examples, [i], windows, head.num_draft_tokens, generator)
-        if batch is None:
-            continue
-        _, drafts = head_loss(head, batch)
-        hit = drafts == batch["targets"]
-        correct += float(num_correct(drafts, batch["targets"]).float().sum())
-        per_slot = hit.float().sum((0, 1))
-        slots = per_slot if slots is None else slots + per_slot
-        count += hit.shape[0] * hit.shape[1]
+    tally = torch.zeros(2 + head.num_draft_tokens, dtype=torch.float64)
+    for batch in evaluation_batches(examples, windows, head.num_draft_tokens, seed):
+        tally += window_tally(head, batch)
     head.train()
-    if not count:
-        return {"windows": 0}
-    return {"windows": count, "mat": 1.0 + correct / count, "slot_accuracy": [round(float(x) / count, 4) for x in slots]}
+    return summarise(tally)
 
 
 def _lr_factor(step: int, cfg: HeadTrainConfig) -> float:
@@ -172,11 +207,16 @@ def train_head(head: Any, train: list[dict[str, torch.Tensor]], val: list[dict[s
     ``config`` and ``history`` (validations)."""
     directory = Path(directory)
     params = {n: p for n, p in head.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fresh = [p for n, p in params.items() if not n.startswith("body.")]
+    body = [p for n, p in params.items() if n.startswith("body.")]
+    optimizer = torch.optim.AdamW([{"params": body, "scale": 1.0}, {"params": fresh, "scale": cfg.new_lr_factor}],
+                                  lr=cfg.lr, weight_decay=cfg.weight_decay)
     record: dict[str, Any] = {"step": 0, "config": asdict(cfg), "history": []}
     if (directory / f"{CHECKPOINT}.safetensors").is_file():
         record = _restore(directory / f"{CHECKPOINT}.safetensors", params, optimizer)
         log(f"resumed at step {record['step']}")
+    else:
+        head.init_from_features(torch.cat([e["features"] for e in train[:64]]))
     head.train()
     start = time.perf_counter()
     for step in range(record["step"], cfg.steps):
@@ -186,7 +226,7 @@ def train_head(head: Any, train: list[dict[str, torch.Tensor]], val: list[dict[s
         if batch is None:
             continue
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(step, cfg)
+            group["lr"] = cfg.lr * group["scale"] * _lr_factor(step, cfg)
         loss, drafts = head_loss(head, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {float(loss)} at step {step}: the last good checkpoint is kept in {directory}")
