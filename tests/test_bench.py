@@ -112,3 +112,17 @@ def test_mtp_must_be_an_mtp_student_of_the_same_teacher(student_dir, questions, 
     argv = ["bench", str(student_dir), "--questions", str(questions), "--out", str(tmp_path / "o"), "--methods", "mtp"]
     assert main(argv + ["--mtp", str(student_dir)]) == 2
     assert "holds a o-ptp student" in capsys.readouterr().err
+
+
+def test_drafters_are_methods_of_their_own_and_lossless(student_dir, questions, tmp_path, capsys):
+    head = write_student(tmp_path / "head", mode="c-ptp", kind="head")
+    lora = write_student(tmp_path / "lora", mode="mtp")
+    out = tmp_path / "out"
+    assert main(["bench", str(student_dir), "--questions", str(questions), "--max-new-tokens", "6", "--methods", "ar", "pqd",
+                 "ptp-head", "mtp-lora", "--drafters", f"ptp-head={head}", f"mtp-lora={lora}", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lossless"] == {"pqd": 0, "ptp-head": 0, "mtp-lora": 0}
+    assert (out / "ptp-head.jsonl").is_file() and "| overall | ptp-head |" in capsys.readouterr().out
+    for spec, message in ((f"pqd={head}", "built-in method"), ("nameless", "NAME=STUDENT_DIR")):
+        assert main(["bench", str(student_dir), "--questions", str(questions), "--drafters", spec, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err

@@ -85,13 +85,15 @@ def write_assets(root: Path, num_rows: int) -> dict[str, str]:
     return {"model": str(root / "teacher"), "data": str(root / "qa.jsonl")}
 
 
-def write_student(root: Path, num_rows: int = 4, mode: str = "o-ptp") -> Path:
-    """An untrained tiny student saved in ``root/student``, its teacher and tokenizer beside it."""
+def write_student(root: Path, num_rows: int = 4, mode: str = "o-ptp", kind: str = "lora") -> Path:
+    """An untrained tiny student (gated LoRA, or a one-layer draft head) saved in ``root/student``,
+    its teacher and tokenizer beside it."""
     from ptp import Student
     from ptp.models import load_teacher
 
     assets = write_assets(root, num_rows)
-    student = Student.from_teacher(load_teacher(assets["model"]), mode=mode, num_draft_tokens=4, lora_rank=4,
-                                   teacher_name=assets["model"])
+    options = {"lora_rank": 4} if kind == "lora" else {"kind": "head", "num_layers": 1}
+    student = Student.from_teacher(load_teacher(assets["model"]), mode=mode, num_draft_tokens=4,
+                                   teacher_name=assets["model"], **options)
     student.save_pretrained(root / "student")
     return root / "student"

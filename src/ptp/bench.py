@@ -33,7 +33,6 @@ from .io import atomic_path, check_utf8, write_json, write_text
 from .sampling import draw_uniform
 
 METHODS = ("ar", "hf", "verify", "pqd", "pld", "hf-pld", "mtp", "assisted")
-LOSSLESS = ("verify", "pqd", "pld", "mtp")  # methods whose tokens must equal ar's for the same u
 HF_METHODS = ("hf", "hf-pld", "assisted")  # transformers' model.generate, with its own randomness
 NEEDS = {"mtp": "--mtp", "assisted": "--assistant"}  # methods that need a second model
 PLD_TOKENS = 10  # draft length of transformers' prompt lookup, as our pld's
@@ -48,6 +47,7 @@ class Models:
     student: Any
     mtp: Any = None
     assistant: Any = None
+    drafters: dict[str, Any] = field(default_factory=dict)  # method name -> another student of the teacher (pqd)
 
 
 @dataclass
@@ -125,16 +125,20 @@ def load_questions(path: str | Path, categories: list[str] | None = None, limit:
     return questions
 
 
-def check_methods(methods: list[str] | None, given: set[str] = frozenset()) -> list[str]:
+def check_methods(methods: list[str] | None, given: set[str] = frozenset(), drafters: tuple[str, ...] = ()) -> list[str]:
     """Validated methods in order, with ``ar`` first (it is the baseline and writes the history).
 
     Args:
         methods: the methods asked for; None: every method whose model is given.
         given: the options of ``NEEDS`` that were passed (``--mtp``, ``--assistant``).
+        drafters: names of the ``--drafters`` students (each is a method of its own).
     """
+    clash = [d for d in drafters if d in METHODS]
+    if clash:
+        raise UserError(f"--drafters name {clash[0]!r} is a built-in method: choose another name")
     if methods is None:
-        methods = [m for m in METHODS if NEEDS.get(m, "") in given | {""}]
-    unknown = [m for m in methods if m not in METHODS]
+        methods = [m for m in METHODS if NEEDS.get(m, "") in given | {""}] + list(drafters)
+    unknown = [m for m in methods if m not in METHODS and m not in drafters]
     if unknown:
         raise UserError(f"unknown method {', '.join(unknown)}: use {', '.join(METHODS)}")
     for method in methods:
@@ -203,6 +207,9 @@ def hf_generate(model: Any, ids: torch.Tensor, max_new_tokens: int, sampling: Sa
 def decode_turn(models: Models, method: str, ids: torch.Tensor, max_new_tokens: int, sampling: SamplingConfig,
                 u: torch.Tensor, seed: int) -> Turn:
     """One method's answer to one prompt (``seed`` only feeds the ``hf`` methods; ours use ``u``)."""
+    if method in models.drafters:
+        result = generate(models.drafters[method], ids, max_new_tokens, sampling=sampling, u=u, strategy="pqd")
+        return Turn(tokens=result.tokens.tolist(), accepted=list(result.accepted), wall_time=result.wall_time)
     if method in HF_METHODS:
         options = {"hf": {}, "hf-pld": {"prompt_lookup_num_tokens": PLD_TOKENS},
                    "assisted": {"assistant_model": models.assistant}}[method]
@@ -219,7 +226,7 @@ def run_bench(models: Models, tokenizer: Any, questions: list[dict], methods: li
               model_id: str, progress: Any = None) -> BenchResult:
     """Answer every question with every method, ``runs`` times; answers are kept from the first run."""
     result = BenchResult(methods=methods)
-    for method, model in (("pqd", models.student), ("mtp", models.mtp)):
+    for method, model in (("pqd", models.student), ("mtp", models.mtp), *models.drafters.items()):
         if method in methods:
             cost_curve_for(model)  # measured once, before any timing
     warm_up(models, tokenizer, questions[0], methods, sampling, encode)
@@ -257,7 +264,7 @@ def ask(models: Models, tokenizer: Any, q: dict, methods: list[str], sampling: S
             answers[method].append(turn)
             for category in (q["category"], OVERALL):
                 tallies[method][category].add(turn)
-            if method in LOSSLESS and turn.tokens != answers["ar"][-1].tokens:
+            if method not in HF_METHODS and turn.tokens != answers["ar"][-1].tokens:
                 result.mismatches[method].add((q["question_id"], index))
         messages.append({"role": "assistant", "content": tokenizer.decode(answers["ar"][-1].tokens, skip_special_tokens=True)})
         if progress is not None:
@@ -338,7 +345,7 @@ def summarize(result: BenchResult, config: dict[str, Any]) -> dict[str, Any]:
         "config": config,
         "categories": categories + [TASK_AVERAGE],
         "metrics": metrics,
-        "lossless": {m: len(result.mismatches.get(m, ())) for m in result.methods if m in LOSSLESS},
+        "lossless": {m: len(result.mismatches.get(m, ())) for m in result.methods if m not in HF_METHODS and m != "ar"},
         "lossless_note": "answers (question, turn) whose tokens differ from ar's with the same u; "
                          f"{', '.join(HF_METHODS)} are excluded (they sample with transformers' own randomness)",
     }

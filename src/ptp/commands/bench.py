@@ -35,6 +35,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "default: all whose models are given")
     parser.add_argument("--mtp", metavar="MTP_DIR", help="a student of the same teacher trained with --mode mtp "
                         "(the independent-prediction baseline), decoded with PQD as method mtp")
+    parser.add_argument("--drafters", nargs="+", metavar="NAME=DIR", default=[],
+                        help="more students of the same teacher (draft heads or gated-LoRA students), each decoded "
+                             "with PQD through the same verifier as method NAME")
     parser.add_argument("--assistant", metavar="MODEL", help="assistant model of transformers' assisted generation "
                         "(method assisted); it must share the teacher's tokenizer")
     parser.add_argument("--limit", type=int, help="only the first N questions (after --categories)")
@@ -59,6 +62,21 @@ def load_mtp(args: argparse.Namespace, decode: DecodeConfig, student: Any, sampl
     return mtp.eval()
 
 
+def load_drafters(args: argparse.Namespace, decode: DecodeConfig, student: Any, sampling: SamplingConfig) -> dict[str, Any]:
+    """The ``--drafters NAME=DIR`` students, each on its own copy of the teacher, checked against ``student``'s teacher."""
+    drafters = {}
+    for spec in args.drafters:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--drafters {spec!r} is invalid: write NAME=STUDENT_DIR")
+        model = Student.from_pretrained(student_dir(path), dtype=getattr(torch, decode.dtype), trust_remote_code=args.trust_remote_code)
+        if model.config.teacher_signature != student.config.teacher_signature:
+            raise UserError(f"--drafters {spec!r} was trained on another teacher: pass a student of {student.config.teacher!r}")
+        check_order(model, sampling, what=f"--drafters {spec!r}")
+        drafters[name] = model.eval()
+    return drafters
+
+
 def default_questions() -> Path:
     return Path(str(resources.files("ptp") / "assets" / "dev_questions.jsonl"))
 
@@ -69,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
                                                                  seed=args.seed, strategy="ar"))
     if args.runs < 1:
         raise UserError(f"--runs {args.runs} is invalid: use an integer >= 1")
-    methods = check_methods(args.methods, {flag for flag, value in (("--mtp", args.mtp), ("--assistant", args.assistant)) if value})
+    names = tuple(spec.partition("=")[0] for spec in args.drafters)
+    methods = check_methods(args.methods, {flag for flag, value in (("--mtp", args.mtp), ("--assistant", args.assistant)) if value},
+                            names)
     questions_file = Path(args.questions or default_questions())
     questions = load_questions(questions_file, args.categories, args.limit)
     directory = student_dir(args.student)  # checked before the slow model load
@@ -83,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     check_order(student, sampling)
     models = Models(student, mtp=load_mtp(args, decode, student, sampling) if "mtp" in methods else None,
                     assistant=load_teacher(args.assistant, dtype=getattr(torch, decode.dtype), trust_remote_code=args.trust_remote_code)
-                    if "assisted" in methods else None)
+                    if "assisted" in methods else None,
+                    drafters=load_drafters(args, decode, student, sampling))
     if not has_chat_template(tokenizer) and any(len(q["turns"]) > 1 for q in questions):
         raise UserError(f"the teacher's tokenizer ({student.config.teacher!r}) has no chat template, which multi-turn "
                         "questions need: use a chat teacher, or --questions with one turn per question")
@@ -94,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=total, desc="bench (question, turn)", unit="turn", file=sys.stderr) as progress:
         result = run_bench(models, tokenizer, questions, methods, sampling, decode.max_new_tokens, args.runs, args.seed,
                            lambda tok, messages: encode(tok, messages, raw=False), directory.resolve().name, progress)
-    config = {"student": str(directory), "mtp": args.mtp, "assistant": args.assistant,
+    config = {"student": str(directory), "mtp": args.mtp, "assistant": args.assistant, "drafters": args.drafters,
               "questions": str(questions_file), "methods": methods,
               "num_questions": len(questions), "max_new_tokens": decode.max_new_tokens, "runs": args.runs,
               "seed": args.seed, "dtype": decode.dtype, "sampling": asdict(sampling)}
