@@ -19,7 +19,7 @@ from ptp.errors import UserError
 from ptp.experiment import EXPERIMENT_FILE, DataConfig, Experiment, ModelConfig
 from ptp.models import load_teacher, load_tokenizer
 from ptp.pregenerate import load_shards
-from ptp.sampling import pick, token_interval, warp
+from ptp.sampling import draw_uniform, pick, token_interval, warp
 from tiny_models import WORDS, rows, tiny_teacher, tiny_tokenizer, write_assets
 
 SAMPLING = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.95"]
@@ -205,25 +205,26 @@ def test_pregenerate_is_deterministic_and_resumable(completions_dir, monkeypatch
     assert run_pregenerate(reference, "--batch-size", "5", "--shard-size", "11") == 0
     expected = load_shards(reference)
 
-    # Interrupted (Ctrl-C) while sampling the third batch: two shards of two examples are kept.
-    real_sample = pregen.sample_completions
+    # Interrupted (Ctrl-C) at the 12th decoding call: the shards of two examples finished by then are kept.
+    real_step = pregen.SlotBatch._step
     calls = {"n": 0}
 
-    def interrupted(*args, **kwargs):
+    def interrupted(self):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 12:
             raise KeyboardInterrupt
-        return real_sample(*args, **kwargs)
+        return real_step(self)
 
-    monkeypatch.setattr(pregen, "sample_completions", interrupted)
+    monkeypatch.setattr(pregen.SlotBatch, "_step", interrupted)
     assert run_pregenerate(completions_dir, "--batch-size", "2", "--shard-size", "2") == 130
     index = json.loads((completions_dir / "data" / "index.json").read_text())
-    assert index["done"] == 4 and not index["complete"]
-    with pytest.raises(UserError, match="stopped at example 4 of 11"):
+    done = index["done"]
+    assert 0 < done < 11 and done % 2 == 0 and len(index["shards"]) == done // 2 and not index["complete"]
+    with pytest.raises(UserError, match=f"stopped at example {done} of 11"):
         load_shards(completions_dir)
 
     # Killed between writing a shard and the index: the shard is unlisted and written again.
-    monkeypatch.setattr(pregen, "sample_completions", real_sample)
+    monkeypatch.setattr(pregen.SlotBatch, "_step", real_step)
     real_write_json = pregen.write_json
 
     def killed(*args, **kwargs):
@@ -232,7 +233,7 @@ def test_pregenerate_is_deterministic_and_resumable(completions_dir, monkeypatch
 
     monkeypatch.setattr(pregen, "write_json", killed)
     assert run_pregenerate(completions_dir, "--batch-size", "1", "--shard-size", "3") == 130
-    assert json.loads((completions_dir / "data" / "index.json").read_text())["done"] == 4
+    assert json.loads((completions_dir / "data" / "index.json").read_text())["done"] == done
 
     # A changed sampling configuration cannot continue someone else's data.
     experiment = Experiment.load(completions_dir)
@@ -244,8 +245,9 @@ def test_pregenerate_is_deterministic_and_resumable(completions_dir, monkeypatch
 
     assert run_pregenerate(completions_dir, "--batch-size", "3", "--shard-size", "3") == 0
     assert equal_data(load_shards(completions_dir), expected)
+    shards = done // 2 + -(-(11 - done) // 3)
     assert sorted(p.name for p in (completions_dir / "data").iterdir()) == [
-        "index.json", *[f"shard-{i:05d}.safetensors" for i in range(5)]]
+        "index.json", *[f"shard-{i:05d}.safetensors" for i in range(shards)]]
 
 
 def test_pregenerate_text_mode_needs_nothing(assets, tmp_path, capsys):
@@ -263,17 +265,149 @@ def test_model_config_validates_student_fields(assets):
         ModelConfig(teacher=assets["model"], num_draft_tokens=0)
 
 
+def slot_sampling(teacher, prompts: list[list[int]], u: torch.Tensor, sampling: SamplingConfig, eos_ids: set[int],
+                  batch_size: int, context: int = 0) -> list[tuple[torch.Tensor, ...]]:
+    """``pregen.sample_requests`` over prompts handed out shortest first; completions in prompt order."""
+    pending = sorted((pregen.Request(p, u[i], i) for i, p in enumerate(prompts)), key=lambda r: len(r.prompt))
+
+    def take(n: int) -> list:
+        out = pending[:n]
+        del pending[:n]
+        return out
+
+    out = {r.owner: c for r, c in pregen.sample_requests(teacher, take, sampling, eos_ids, batch_size, u.shape[1], context)}
+    return [out[i] for i in range(len(prompts))]
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gpt_neox"])
 def test_batched_sampling_matches_the_unpadded_teacher(arch):
-    """Left padding, position ids and the KV cache leave every row's distributions as if it were alone."""
+    """Left padding, position ids and the KV cache leave every row's distributions as if it were alone:
+    rectangular batches (sample_completions) and continuous batching (SlotBatch) alike."""
     teacher = tiny_teacher(arch)
     sampling = SamplingConfig(temperature=0.8, top_k=30)
     prompts = [[0, 5, 9, 13, 7, 21], [0, 3], [0, 8, 8, 8]]
     u = torch.rand(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    for prompt, row_u, (completion, lo, hi) in zip(prompts, u, pregen.sample_completions(teacher, prompts, u, sampling, {1})):
-        tokens = torch.tensor(prompt + completion.tolist())
+    assert pregen._plain_layers(pregen.output_cache(teacher(torch.zeros(1, 1, dtype=torch.long), use_cache=True)))
+    rectangular = pregen.sample_completions(teacher, prompts, u, sampling, {1})
+    continuous = slot_sampling(teacher, prompts, u, sampling, {1}, batch_size=2)
+    assert teacher.config._attn_implementation == "sdpa"  # SlotBatch's attention is switched off again
+    for prompt, row_u, ours, theirs in zip(prompts, u, rectangular, continuous):
+        for completion, lo, hi in (ours, theirs):
+            tokens = torch.tensor(prompt + completion.tolist())
+            with torch.no_grad():
+                probs = warp(teacher(tokens[None, :-1]).logits[0, len(prompt) - 1 :], sampling)
+            assert torch.equal(pick(row_u[: len(completion)], probs), completion)
+            ref_lo, ref_hi = token_interval(probs, completion)
+            torch.testing.assert_close((lo, hi), (ref_lo, ref_hi), atol=1e-6, rtol=0)
+
+
+def test_continuous_batching_output_does_not_depend_on_batch_size(monkeypatch):
+    """Prompts of 1 to 40 tokens, rows ending early at EOS and at K: the same tokens, lo and hi at batch
+    sizes 1, 3 and 16 and through the rectangular fallback (float32), with the cache's columns
+    moved, dropped and grown along the way."""
+    teacher = tiny_teacher("llama")
+    sampling = SamplingConfig(temperature=0.9, top_p=0.95)
+    g = torch.Generator().manual_seed(3)
+    prompts = [[0] + torch.randint(2, 97, (n,), generator=g).tolist() for n in torch.randint(0, 40, (20,), generator=g).tolist()]
+    u = torch.rand(len(prompts), 12, dtype=torch.float64, generator=g)
+    # EOS: the token most often sampled at steps 3-8 without one, so that rows end at many steps.
+    free = slot_sampling(teacher, prompts, u, sampling, set(), batch_size=16)
+    eos = {int(torch.cat([c[0][3:9] for c in free]).mode().values)}
+    relayouts = []
+    real_relayout = pregen.SlotBatch._relayout
+    monkeypatch.setattr(pregen.SlotBatch, "_relayout", lambda self, *a: relayouts.append(a) or real_relayout(self, *a))
+    runs = [slot_sampling(teacher, prompts, u, sampling, eos, batch_size=b) for b in (1, 3, 16)]
+    lengths = [len(c[0]) for c in runs[0]]
+    assert min(lengths) < 12 and max(lengths) == 12 and relayouts
+    monkeypatch.setattr(pregen, "_plain_layers", lambda cache: False)
+    runs.append(slot_sampling(teacher, prompts, u, sampling, eos, batch_size=3))
+    for run in runs[1:]:
+        for (tokens, lo, hi), (ref_tokens, ref_lo, ref_hi) in zip(run, runs[0]):
+            assert torch.equal(tokens, ref_tokens)
+            torch.testing.assert_close((lo, hi), (ref_lo, ref_hi), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("sampling", [
+    SamplingConfig(temperature=0.7, top_p=0.95), SamplingConfig(temperature=0.9, top_k=40, top_p=0.95),
+    SamplingConfig(temperature=0.7, top_k=5), SamplingConfig(temperature=0.0), SamplingConfig(temperature=1.0),
+    SamplingConfig(temperature=0.7, top_p=0.95, order="id"), SamplingConfig(temperature=3.0, top_p=0.99),
+])
+def test_warped_candidates_is_warp_on_the_kept_tokens(sampling):
+    """Same kept set, probabilities and sampled tokens and intervals as warp over the vocabulary,
+    also for rows whose top-p set needs more than 64 or 1024 candidates."""
+    g = torch.Generator().manual_seed(0)
+    scale = torch.tensor([0.05, 0.5, 2.0, 8.0]).repeat_interleave(2)[:, None]  # flat to sharp rows
+    logits = (torch.randn(8, 5000, generator=g) * scale).to(torch.bfloat16)
+    ids, probs = pregen.warped_candidates(logits, sampling)
+    full = warp(logits, sampling)
+    dense = torch.zeros_like(full).scatter_add(-1, ids, probs)
+    torch.testing.assert_close(dense, full, atol=1e-12, rtol=0)
+    assert ((full > 0).sum(-1) == (probs > 0).sum(-1)).all()
+    u = torch.rand(8, 64, dtype=torch.float64, generator=g)
+    for k in range(u.shape[1]):
+        tokens, lo, hi = pregen._sample_rows(logits, u[:, k], sampling)
+        ref = pick(u[:, k], full, sampling.order)
+        assert torch.equal(tokens, ref)
+        torch.testing.assert_close(token_interval(full, ref, sampling.order), (lo, hi), atol=1e-12, rtol=0)
+
+
+# A template that ends assistant turns with EOS, as chat models do: the teacher's own EOS closes its turn.
+EOS_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %} </s>{% endif %} {% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_multi_turn_rows_are_answered_turn_by_turn(tmp_path):
+    """Several user turns and no assistant turn: the teacher answers each in turn, its answers in the
+    conversation; lo/hi finite exactly at its tokens, each turn's u from the example's seed; a
+    conversation stops before a turn that does not fit max_prompt_tokens; other rows as before."""
+    tiny_teacher("llama").save_pretrained(tmp_path / "teacher")
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = EOS_TEMPLATE
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    user = lambda text: {"role": "user", "content": text}  # noqa: E731
+    long_turn = " ".join(WORDS[:10] * 3)
+    rows = [
+        [user("the cat sat"), user("where is it ?")],
+        [user("who ran"), user("why"), user("what did the dog ?")],
+        [user("the dog sat on the mat")],  # one turn: as before
+        [user("the cat"), {"role": "assistant", "content": "sat"}, user("where ?")],  # has answers: one prompt, as before
+        [user("a cat"), user(long_turn)],  # the second turn does not fit: one answer
+    ]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
+    directory = tmp_path / "exp"
+    assert main(["distill", str(tmp_path / "teacher"), str(tmp_path / "chat.jsonl"), str(directory), "--messages-column", "messages",
+                 "--max-prompt-tokens", "32", "--completion-tokens", "6", "--val-examples", "1", "--no-shuffle", *SAMPLING]) == 0
+    assert run_pregenerate(directory, "--batch-size", "2") == 0
+    experiment = Experiment.load(directory)
+    data, k = experiment.data, experiment.data.completion_tokens
+    teacher = load_teacher(str(tmp_path / "teacher"))
+    answers, closed_by_eos = [], 0
+    for e in load_shards(directory):
+        pieces = pregen.turn_pieces({"messages": rows[e["example"]]}, e["example"], data, tokenizer)
+        u = draw_uniform(k * len(pieces), seed=pregen.example_seed(data.seed, e["example"]))
+        tokens, sampled = e["tokens"], ~e["lo"].isnan()
+        assert torch.equal(sampled, ~e["hi"].isnan()) and e["prompt_len"] == len(pieces[0])
         with torch.no_grad():
-            probs = warp(teacher(tokens[None, :-1]).logits[0, len(prompt) - 1 :], sampling)
-        assert torch.equal(pick(row_u[: len(completion)], probs), completion)
-        ref_lo, ref_hi = token_interval(probs, completion)
-        torch.testing.assert_close((lo, hi), (ref_lo, ref_hi), atol=1e-6, rtol=0)
+            probs = warp(teacher(tokens[None, :-1]).logits[0], experiment.sampling)  # probs[j]: token j + 1
+        position, turns = 0, 0
+        for t, piece in enumerate(pieces):
+            if t > 0 and int(tokens[position - 1]) == 1 and piece[0] == 1:
+                piece, closed_by_eos = piece[1:], closed_by_eos + 1  # the answer's EOS closes the turn
+            if position + len(piece) > data.max_prompt_tokens:
+                break
+            assert tokens[position : position + len(piece)].tolist() == piece and not sampled[position : position + len(piece)].any()
+            position += len(piece)
+            end = position
+            while end < len(tokens) and sampled[end]:
+                end += 1
+            answer = tokens[position:end]
+            assert 1 <= len(answer) <= k and 1 not in answer[:-1].tolist()
+            assert torch.equal(pick(u[t * k : t * k + len(answer)], probs[position - 1 : end - 1]), answer)
+            ref_lo, ref_hi = token_interval(probs[position - 1 : end - 1], answer)
+            torch.testing.assert_close((e["lo"][position:end], e["hi"][position:end]), (ref_lo, ref_hi), atol=1e-6, rtol=0)
+            position, turns = end, turns + 1
+        assert position == len(tokens)
+        answers.append(turns)
+    assert answers == [2, 3, 1, 1, 1] and closed_by_eos >= 1

@@ -148,7 +148,11 @@ def prompt_ids(row: dict[str, Any], index: int, cfg: DataConfig, tokenizer: Any)
     """Token ids of example ``index``'s prompt, at most ``cfg.max_prompt_tokens`` and never empty."""
     text = prompt_text(row, index, cfg, tokenizer)
     # A chat template writes its own special tokens (BOS included); plain prompts get the tokenizer's.
-    ids = list(tokenizer(text, add_special_tokens=cfg.messages_column is None)["input_ids"])
+    return _fit_prompt(list(tokenizer(text, add_special_tokens=cfg.messages_column is None)["input_ids"]), cfg, tokenizer)
+
+
+def _fit_prompt(ids: list[int], cfg: DataConfig, tokenizer: Any) -> list[int]:
+    """A prompt's ids cut to ``cfg.max_prompt_tokens`` (never empty)."""
     if not ids:
         ids = [_start_token(tokenizer)]
     if len(ids) > cfg.max_prompt_tokens:
@@ -156,6 +160,49 @@ def prompt_ids(row: dict[str, Any], index: int, cfg: DataConfig, tokenizer: Any)
         keep_bos = ids[0] == tokenizer.bos_token_id and cfg.max_prompt_tokens > 1
         ids = ids[:1] + ids[len(ids) - cfg.max_prompt_tokens + 1 :] if keep_bos else ids[-cfg.max_prompt_tokens :]
     return ids
+
+
+def is_multi_turn(messages: Any) -> bool:
+    """Whether chat messages are several user turns for the teacher to answer one by one: at least
+    two user messages and no assistant message."""
+    roles = [m["role"] for m in messages] if is_messages(messages) else []
+    return roles.count("user") >= 2 and "assistant" not in roles
+
+
+def turn_pieces(row: dict[str, Any], index: int, cfg: DataConfig, tokenizer: Any) -> list[list[int]]:
+    """Template token ids around the teacher's answers: the teacher's answer t follows piece t.
+
+    A single prompt gives ``[prompt_ids(...)]``. Messages of several user turns and no assistant
+    turn (``is_multi_turn``) give one piece per user turn: piece 0 is the first turn's prompt (as
+    ``prompt_ids`` renders those messages alone, cut to ``max_prompt_tokens`` the same way), piece
+    t > 0 what the chat template writes between answer t - 1 and answer t (the end of the assistant
+    turn, the next user turn, the generation prompt). Pieces after the first are not cut:
+    pregeneration stops a conversation whose next context would be too long.
+    """
+    messages = row[cfg.messages_column] if cfg.messages_column is not None else None
+    if not is_multi_turn(messages):
+        return [prompt_ids(row, index, cfg, tokenizer)]
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    markers = [f"\x00ptp-answer-{t}\x00" for t in range(len(users) - 1)]
+    chat: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        chat.append(message)
+        if i in users[:-1]:  # the teacher answers each user turn but the last right after it
+            chat.append({"role": "assistant", "content": markers[users.index(i)]})
+    text = prompt_text({cfg.messages_column: chat}, index, cfg, tokenizer)
+    texts = []
+    for marker in markers:
+        before, found, text = text.partition(marker)
+        if not found or marker in text:
+            raise UserError(f"example {index}: the chat template does not write assistant messages verbatim, "
+                            "so the teacher cannot answer its user turns one by one: pass single-turn prompts")
+        texts.append(before)
+    pieces = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in [*texts, text]]
+    first = prompt_ids({cfg.messages_column: messages[: users[0] + 1]}, index, cfg, tokenizer)
+    if _fit_prompt(pieces[0], cfg, tokenizer) != first:
+        raise UserError(f"example {index}: the chat template renders the first turn differently within the conversation, "
+                        "so the teacher cannot answer its user turns one by one: pass single-turn prompts")
+    return [first, *pieces[1:]]
 
 
 def _start_token(tokenizer: Any) -> int:

@@ -47,12 +47,15 @@ class DataConfig:
             ``inverse`` (inverse autoregressive C-PTP from the text alone, no teacher u).
         prompt_column: column holding the prompt as plain text (completions mode).
         messages_column: column holding chat messages (a list of role/content dicts), rendered with
-            the tokenizer's chat template and a generation prompt (completions mode).
+            the tokenizer's chat template and a generation prompt (completions mode). Several user
+            turns and no assistant turn make a conversation the teacher answers turn by turn.
         prompt_format: Python format string over columns building the prompt, e.g.
             ``"Q: {question}\\nA:"`` (completions mode).
         text_column: column holding the training text (text and inverse modes).
-        max_prompt_tokens: longer prompts keep their first token (BOS) and their last tokens.
-        completion_tokens: new tokens the teacher samples per prompt (fewer if it stops at EOS).
+        max_prompt_tokens: longer prompts keep their first token (BOS) and their last tokens; a
+            conversation stops before a turn whose context (earlier turns included) would be longer.
+        completion_tokens: new tokens the teacher samples per prompt, or per turn of a
+            conversation (fewer if it stops at EOS).
         seq_len: tokens per training sequence in text and inverse modes (texts are packed).
         limit: use only this many examples (after shuffling); unset uses all.
         shuffle: shuffle the examples (with ``seed``) before applying ``limit``.

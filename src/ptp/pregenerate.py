@@ -3,20 +3,37 @@
 Layout of ``DIR/data`` (every file written atomically):
 
 * ``shard-00000.safetensors``, ...: a contiguous range of examples each, holding
-  ``tokens`` (int32, all examples' prompt + completion tokens concatenated), ``offsets`` (int64,
-  ``n + 1``: example j is ``tokens[offsets[j]:offsets[j+1]]``), ``prompt_lens`` (int32, ``n``),
-  ``examples`` (int64, ``n``: example indices) and ``lo``/``hi`` (float64, aligned with
-  ``tokens``): the interval ``[F_{t-1}, F_t)`` of u that makes the teacher pick each completion
-  token (Eq. 9), computed from the very distribution it was sampled from. Prompt positions hold
-  NaN there: prompts are dataset text, not teacher samples.
+  ``tokens`` (int32, all examples' tokens concatenated), ``offsets`` (int64, ``n + 1``: example j
+  is ``tokens[offsets[j]:offsets[j+1]]``), ``prompt_lens`` (int32, ``n``: tokens before the first
+  teacher-sampled token), ``examples`` (int64, ``n``: example indices) and ``lo``/``hi`` (float64,
+  aligned with ``tokens``): the interval ``[F_{t-1}, F_t)`` of u that makes the teacher pick each
+  token it sampled (Eq. 9), computed from the very distribution it was sampled from. Every other
+  position holds NaN there: prompts and chat-template tokens are dataset text, not teacher samples.
 * ``index.json``: the configuration the shards were made with, the number of examples and the
   shards written so far. A shard counts only once the index lists it, so a killed run resumes
   with the next example and never duplicates or loses one.
 
-Sampling is Eq. (2) with the experiment's SamplingConfig: token k of example i is
-``pick(u_k, warp(logits))`` with ``u`` drawn from a seed derived from (experiment seed, i), so the
-output does not depend on batch size, shard size or resumption (up to floating-point differences
-between batch shapes, which can only flip a token whose u lies within rounding of a boundary).
+An example is a prompt and its completion, or a whole conversation: a row whose messages are
+several user turns and no assistant turn (``ptp.data.is_multi_turn``) is answered turn by turn
+as in a chat, each answer of the teacher becoming the assistant message before the next user
+turn. Its ``tokens`` are the chat-templated conversation (``ptp.data.turn_pieces``: template
+piece 0, answer 0, piece 1, answer 1, ...; a piece that begins with the EOS token ending the
+answer before it does not repeat it), with finite ``lo``/``hi`` at every answer token. A later
+turn is answered only while the conversation so far plus that turn's piece fit in
+``max_prompt_tokens``; the conversation stops at the first turn that does not fit.
+
+Sampling is Eq. (2) with the experiment's SamplingConfig: token k of turn t of example i is
+``pick(u_{t K + k}, warp(logits))`` (K = ``completion_tokens``) with ``u`` drawn from a seed
+derived from (experiment seed, i), so the output does not depend on batch size, shard size or
+resumption (up to floating-point differences between batch shapes, which can only flip a token
+whose u lies within rounding of a boundary).
+
+Sampling is continuously batched (``SlotBatch``): up to ``batch_size`` sequences decode together
+in a preallocated KV cache, a finished one leaves the batch at once and new prompts, shortest
+first, are prefilled in groups when enough slots are free. No call decodes past a sequence's end
+or over padding rows; the KV columns left of a shorter sequence are masked. Models whose cache
+is not a plain per-layer key/value cache (sliding windows, state-space layers) fall back to
+rectangular batches (``sample_completions``).
 """
 
 from __future__ import annotations
@@ -25,7 +42,10 @@ import hashlib
 import inspect
 import json
 import time
-from dataclasses import asdict, dataclass
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +54,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from .config import SamplingConfig
-from .data import check_context, load_rows, prompt_ids
+from .data import check_context, load_rows, turn_pieces
 from .errors import UserError
 from .hf_cache import cache_kwarg, output_cache
 from .experiment import Experiment
@@ -48,6 +68,10 @@ INDEX_FILE = "index.json"
 SHARD_FORMAT = "ptp-completions-1"
 INDEX_KEYS = {"format", "config", "num_examples", "done", "complete", "shards"}
 SHARD_TENSORS = {"tokens", "offsets", "prompt_lens", "examples", "lo", "hi"}
+# Candidate counts tried per row before warp's full sort: a top-p set rarely needs more than 64.
+CANDIDATES = (64, 1024)
+PREFILL_TOKENS = 8192  # prompt tokens (padding included) per prefill call
+ONE_QUERY_ATTENTION = "ptp_one_query"
 
 
 @dataclass
@@ -55,13 +79,13 @@ class PregenerateConfig:
     """How pregeneration runs; none of it changes the data produced.
 
     Attributes:
-        batch_size: prompts sampled together (left-padded, with a KV cache).
+        batch_size: sequences decoded together (continuous batching with a KV cache).
         shard_size: examples per shard file, the unit a killed run resumes from.
         device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
         progress: show a progress bar with tokens per second.
     """
 
-    batch_size: int = 16
+    batch_size: int = 64
     shard_size: int = 256
     device: str = "auto"
     progress: bool = True
@@ -91,11 +115,86 @@ def fingerprint(experiment: Experiment) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- sampling a batch of rows
+
+
+def _top(weights: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest of ``(n, V)`` weights and their ids, decreasing, ties by increasing id
+    (warp's rank order; up to which ids tied at the k-th value are chosen)."""
+    ids = weights.topk(k, dim=-1).indices.sort(dim=-1).values
+    values, perm = weights.gather(-1, ids).sort(dim=-1, descending=True, stable=True)
+    return values, ids.gather(-1, perm)
+
+
+def warped_candidates(logits: torch.Tensor, cfg: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``warp(logits, cfg)`` restricted to the tokens it keeps.
+
+    ``warp`` decides the top-p set on its float64 softmax over the whole vocabulary and sorts the
+    vocabulary of every row whenever one row's set exceeds 64 tokens; here the same softmax
+    decides the same set, but each row looks only as far as it needs (64, 1024, then all tokens).
+
+    Args:
+        logits: ``(B, V)`` next-token logits of any float dtype.
+    Returns:
+        ``(ids, probs)``, each ``(B, C)``: the kept tokens of each row in increasing id order,
+        then padding (id 0, probability 0), and their float64 probabilities, warp's up to
+        rounding. ``pick(u, probs, cfg.order)`` is then an index into ``ids`` and
+        ``token_interval(probs, index, cfg.order)`` its interval, as on warp's ``(B, V)`` output.
+    """
+    batch, vocab = logits.shape
+    if cfg.greedy:
+        return logits.argmax(-1, keepdim=True), torch.ones(batch, 1, dtype=torch.float64, device=logits.device)
+    top_k = 0 < cfg.top_k < vocab
+    if not top_k and cfg.top_p >= 1.0:  # plain temperature keeps every token
+        return torch.arange(vocab, device=logits.device).expand(batch, vocab), warp(logits, cfg)
+    scores = logits.to(torch.float64) / cfg.temperature  # (B, V) as in warp
+    if top_k:
+        kth = torch.topk(scores, cfg.top_k, dim=-1).values[..., -1:]
+        scores = torch.where(scores < kth, float("-inf"), scores)
+    weights = scores.softmax(-1)  # (B, V): warp's top-p weights, bit for bit
+    keep_ids: list[torch.Tensor | None] = [None] * batch
+    pending = torch.arange(batch, device=logits.device)
+    for count in [*(c for c in CANDIDATES if c < vocab), vocab]:
+        values, ids = _top(weights if len(pending) == batch else weights[pending], count)  # (n, count)
+        keep = values > 0  # tokens top-k dropped have weight 0
+        if cfg.top_p < 1.0:
+            keep &= values.cumsum(-1) - values < cfg.top_p  # mass before each token, as warp
+            keep[:, 0] = True
+        kept = keep.sum(-1, keepdim=True)
+        # Exact once a row drops a candidate below its last kept one (no unseen token can be kept).
+        done = (kept < count) & (values.gather(-1, kept - 1) > values[:, -1:]) if count < vocab else torch.ones_like(keep[:, :1])
+        for row, row_ids, row_keep in zip(pending[done[:, 0]].tolist(), ids[done[:, 0]], keep[done[:, 0]]):
+            keep_ids[row] = row_ids[row_keep].sort().values
+        pending = pending[~done[:, 0]]
+        if len(pending) == 0:
+            break
+    width = max(len(k) for k in keep_ids)
+    ids = torch.zeros(batch, width, dtype=torch.long, device=logits.device)
+    valid = torch.zeros(batch, width, dtype=torch.bool, device=logits.device)
+    for row, row_ids in enumerate(keep_ids):
+        ids[row, : len(row_ids)] = row_ids
+        valid[row, : len(row_ids)] = True
+    # The final distribution is the softmax over the kept tokens, as warp's over masked scores.
+    probs = torch.where(valid, scores.gather(-1, ids), float("-inf")).softmax(-1)
+    return ids, probs
+
+
+def _sample_rows(logits: torch.Tensor, u: torch.Tensor, cfg: SamplingConfig) -> tuple[torch.Tensor, ...]:
+    """Eq. (2) and (9) for ``(B, V)`` logits and ``(B,)`` u: ``(tokens, lo, hi)``, each ``(B,)``."""
+    ids, probs = warped_candidates(logits, cfg)
+    index = pick(u, probs, cfg.order)
+    lo, hi = token_interval(probs, index, cfg.order)
+    return ids.gather(-1, index[:, None])[:, 0], lo, hi
+
+
 @torch.inference_mode()
 def sample_completions(
     teacher: torch.nn.Module, prompts: list[list[int]], u: torch.Tensor, sampling: SamplingConfig, eos_ids: set[int]
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Sample one completion per prompt, batched with left padding and a KV cache.
+    """Sample one completion per prompt in one rectangular batch (left padding, a KV cache).
+
+    Finished rows decode on until the last one ends; ``SlotBatch`` avoids that where the
+    teacher's cache allows.
 
     Args:
         prompts: B prompts' token ids (non-empty).
@@ -106,39 +205,336 @@ def sample_completions(
     """
     device = teacher.get_input_embeddings().weight.device
     batch, new = u.shape
-    width = max(len(p) for p in prompts)
-    input_ids = torch.zeros(batch, width, dtype=torch.long)
-    mask = torch.zeros(batch, width, dtype=torch.long)
-    for row, p in enumerate(prompts):
-        input_ids[row, width - len(p) :] = torch.tensor(p)
-        mask[row, width - len(p) :] = 1
-    input_ids, mask, u = input_ids.to(device), mask.to(device), u.to(device)
-    # Positions count real tokens only, so a padded row sees exactly the positions it would alone.
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    input_ids, mask, positions = _left_padded(prompts, device)
+    u = u.to(device)
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(teacher.forward).parameters else {}
-
     tokens = torch.zeros(batch, new, dtype=torch.long, device=device)
     lo = torch.zeros(batch, new, dtype=torch.float64, device=device)
     hi = torch.zeros_like(lo)
     lengths = torch.full((batch,), new, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    out = teacher(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+    out = teacher(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **_last_logits(teacher))
     for k in range(new):
-        probs = warp(out.logits[:, -1], sampling)
-        tokens[:, k] = pick(u[:, k], probs, sampling.order)
-        lo[:, k], hi[:, k] = token_interval(probs, tokens[:, k], sampling.order)
+        tokens[:, k], lo[:, k], hi[:, k] = _sample_rows(out.logits[:, -1], u[:, k], sampling)
         ended = ~done & torch.isin(tokens[:, k], eos)
         lengths[ended] = k + 1
         done |= ended
         if k == new - 1 or bool(done.all()):
             break
-        # Finished rows keep decoding (their tokens are dropped) so the batch stays rectangular.
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
         out = teacher(input_ids=tokens[:, k : k + 1], attention_mask=mask, position_ids=positions, use_cache=True,
                       **{cache_kwarg(teacher): output_cache(out)})
     return [(tokens[r, :n].cpu(), lo[r, :n].cpu(), hi[r, :n].cpu()) for r, n in enumerate(lengths.tolist())]
+
+
+def _left_padded(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask, position_ids)``, each ``(B, W)``, of left-padded prompts.
+
+    Positions count real tokens only, so a padded row sees exactly the positions it would alone.
+    """
+    width = max(len(p) for p in prompts)
+    input_ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        input_ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    return input_ids.to(device), mask.to(device), positions.to(device)
+
+
+def _last_logits(teacher: torch.nn.Module) -> dict[str, int]:
+    """Keyword asking for the last position's logits only (the output layer is a large share of a call)."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(teacher.forward).parameters else {}
+
+
+# ---------------------------------------------------------------- continuous batching
+
+
+def _one_query_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                         **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' sdpa attention, except for one query per sequence: two batched matmuls.
+
+    Decoding many sequences one token at a time, CPU's fused attention kernel costs several
+    times these small matmuls. Keys are copied to contiguous memory first: a half-precision
+    matmul over a strided view of ``SlotBatch``'s buffers costs several times copy plus matmul.
+
+    Shapes: query ``(B, H, 1, D)``, key/value ``(B, Hkv, L, D)``, boolean mask ``(B, 1, 1, L)``
+    (True: visible). Returns ``(B, 1, H, D)``.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    plain = attention_mask is None or attention_mask.dtype == torch.bool
+    if query.shape[2] != 1 or not plain or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    batch, heads, _, dim = query.shape
+    # Query heads grouped by the key/value head they share (repeat_kv's layout).
+    grouped = query.reshape(batch, key.shape[1], heads // key.shape[1], dim)
+    scores = torch.matmul(grouped, key.contiguous().transpose(2, 3)) * (dim**-0.5 if scaling is None else scaling)  # (B, Hkv, G, L)
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    weights = scores.softmax(-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value).reshape(batch, 1, heads, dim), None
+
+
+@contextmanager
+def _decoding_attention(teacher: torch.nn.Module) -> Iterator[None]:
+    """Run an sdpa teacher with ``_one_query_attention`` (same masks) inside the block."""
+    config = teacher.config
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        yield
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ONE_QUERY_ATTENTION, _one_query_attention)
+    AttentionMaskInterface.register(ONE_QUERY_ATTENTION, sdpa_mask)
+    config._attn_implementation = ONE_QUERY_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
+
+
+@dataclass
+class Request:
+    """One completion to sample: ``prompt`` token ids and ``(K,)`` u; ``owner`` is the caller's."""
+
+    prompt: list[int]
+    u: torch.Tensor
+    owner: Any = None
+
+
+Completion = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # tokens int64, lo, hi float64, each (n,)
+
+
+def _plain_layers(cache: Any) -> bool:
+    """Whether a cache is a plain key/value tensor per layer, which SlotBatch can take over."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer and layer.keys is not None for layer in layers)
+
+
+def _slot_layer_class() -> type:
+    """``_SlotLayer``, defined on first use so importing ptp does not import transformers."""
+    global _SlotLayer
+    if "_SlotLayer" in globals():
+        return _SlotLayer
+    from transformers.cache_utils import DynamicLayer
+
+    class _SlotLayer(DynamicLayer):
+        """One layer's KV cache in SlotBatch: preallocated rows, each sequence right-aligned at ``width``.
+
+        ``buffers``: keys and values, each ``(S, Hkv, cap, D)``. A call writes column ``width`` of
+        the first ``rows`` rows and attends to columns ``[0, width]``.
+        """
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, width: int) -> None:
+            super().__init__()
+            self.buffers, self.width, self.rows = [keys, values], width, 0
+            self.is_initialized = True
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            """Nothing to do: the buffers exist from the start."""
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            n, m = self.width, self.rows
+            for buffer, states in zip(self.buffers, (key_states, value_states)):
+                buffer[:m, :, n] = states[:, :, 0]  # (m, Hkv, D)
+            self.width = n + 1
+            return self.buffers[0][:m, :, : n + 1], self.buffers[1][:m, :, : n + 1]
+
+        def get_seq_length(self) -> int:
+            return self.width
+
+    globals()["_SlotLayer"] = _SlotLayer
+    return _SlotLayer
+
+
+class SlotBatch:
+    """Continuous batching: up to ``slots`` sequences decode together, one token each per call.
+
+    Every live sequence occupies a prefix row of a preallocated KV cache, right-aligned at the
+    shared frontier ``width`` (the column the next call writes), so one 2-D mask (columns
+    ``>= width - length``) and per-row positions describe the batch. A finished sequence leaves
+    at once (the last row moves into its place); new requests are prefilled in length-sorted
+    groups once at least ``slots // 8`` rows are free. Columns no live sequence needs any more
+    are dropped when they reach an eighth of the width, and the buffers grow as needed.
+    """
+
+    def __init__(self, teacher: torch.nn.Module, sampling: SamplingConfig, eos_ids: set[int], slots: int, new_tokens: int,
+                 context: int = 0) -> None:
+        """``new_tokens``: K, the most tokens sampled per request (the length of its u);
+        ``context``: the longest sequence expected, so that the buffers need not grow."""
+        self.teacher, self.sampling, self.slots, self.new_tokens, self.context = teacher, sampling, slots, new_tokens, context
+        self.device = teacher.get_input_embeddings().weight.device
+        self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=self.device)
+        self.cache: Any = None  # a transformers Cache of _SlotLayer, made from the first prefill
+        self.rows = 0  # live sequences, rows [0, rows) of every buffer
+        self.requests: list[Request] = []
+        dev = {"device": self.device}
+        self.lengths = torch.zeros(slots, dtype=torch.long, **dev)  # tokens in the cache per row
+        self.steps = torch.zeros(slots, dtype=torch.long, **dev)  # tokens sampled per row
+        self.last = torch.zeros(slots, dtype=torch.long, **dev)  # each row's latest token, the next input
+        self.u = torch.zeros(slots, new_tokens, dtype=torch.float64, **dev)
+        self.tokens = torch.zeros(slots, new_tokens, dtype=torch.long, **dev)
+        self.lo = torch.zeros(slots, new_tokens, dtype=torch.float64, **dev)
+        self.hi = torch.zeros_like(self.lo)
+
+    @property
+    def width(self) -> int:
+        return self.cache.layers[0].width
+
+    @torch.inference_mode()
+    def run(self, take: Callable[[int], list[Request]]) -> Iterator[tuple[Request, Completion]]:
+        """Sample every request ``take(n)`` hands out (at most n at a time, ``[]`` when none is
+        ready), yielding each with its completion as it finishes. Requests may be added while this
+        runs (e.g. a conversation's next turn); it ends when ``take`` has none and none is live."""
+        while True:
+            free = self.slots - self.rows
+            if self.rows == 0 or free >= max(1, self.slots // 8):
+                new = take(free)
+                yield from self._admit(new)
+                if self.rows == 0:
+                    if not new:
+                        return
+                    continue
+            yield from self._step()
+
+    def _admit(self, requests: list[Request]) -> Iterator[tuple[Request, Completion]]:
+        """Prefill requests in length-sorted groups, sample their first tokens, give them rows."""
+        requests = sorted(requests, key=lambda r: len(r.prompt))
+        while requests:
+            # A group's prompts differ in length by at most a quarter (little padding) and fit PREFILL_TOKENS.
+            count, shortest = 1, len(requests[0].prompt)
+            while (count < len(requests) and 4 * len(requests[count].prompt) <= 5 * shortest
+                   and (count + 1) * len(requests[count].prompt) <= PREFILL_TOKENS):
+                count += 1
+            group, requests = requests[:count], requests[count:]
+            width = len(group[-1].prompt)
+            ids, mask, positions = _left_padded([r.prompt for r in group], self.device)
+            out = self.teacher(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                               **_last_logits(self.teacher))
+            prefill = output_cache(out)
+            if self.cache is None:
+                self._allocate(prefill, width)
+            elif width > self.width:
+                self._relayout(width, self.capacity if width < self.capacity else 2 * width)
+            u = torch.stack([r.u for r in group]).to(self.device)
+            tokens, lo, hi = _sample_rows(out.logits[:, -1], u[:, 0], self.sampling)
+            ended = torch.isin(tokens, self.eos) | (self.new_tokens == 1)
+            for row, request in enumerate(group):
+                if bool(ended[row]):
+                    yield request, (tokens[row : row + 1].cpu(), lo[row : row + 1].cpu(), hi[row : row + 1].cpu())
+                    continue
+                self._place(request, prefill, row, width)
+                slot = self.rows - 1
+                self.u[slot], self.steps[slot], self.last[slot] = u[row], 1, tokens[row]
+                self.tokens[slot, 0], self.lo[slot, 0], self.hi[slot, 0] = tokens[row], lo[row], hi[row]
+
+    def _allocate(self, prefill: Any, width: int) -> None:
+        """Buffers shaped after the first prefill's cache, room for the longest sequence expected."""
+        longest = max(width + self.new_tokens, self.context)
+        capacity = longest + max(32, longest // 7) + 1  # the gap _step lets build before dropping it
+        layers = []
+        for layer in prefill.layers:
+            buffers = [torch.zeros(self.slots, t.shape[1], capacity, t.shape[3], dtype=t.dtype, device=self.device)
+                       for t in (layer.keys, layer.values)]
+            layers.append(_slot_layer_class()(*buffers, width))
+        from transformers.cache_utils import Cache
+
+        self.cache = Cache(layers=layers)
+
+    @property
+    def capacity(self) -> int:
+        return self.cache.layers[0].buffers[0].shape[2]
+
+    def _place(self, request: Request, prefill: Any, row: int, width: int) -> None:
+        """Copy prefill row ``row`` (left-padded to ``width``) into a new last row, ending at the frontier."""
+        slot, n, size = self.rows, self.width, len(request.prompt)
+        for layer, source in zip(self.cache.layers, prefill.layers):
+            for buffer, states in zip(layer.buffers, (source.keys, source.values)):
+                buffer[slot, :, n - size : n] = states[row, :, width - size :]
+        self.lengths[slot] = size
+        self.requests.append(request)
+        self.rows += 1
+
+    def _relayout(self, width: int, capacity: int) -> None:
+        """Move the live columns so that they end at ``width``, in buffers of ``capacity`` columns."""
+        n, m = self.width, self.rows
+        span = int(self.lengths[:m].max()) if m else 0
+        for layer in self.cache.layers:
+            for i, buffer in enumerate(layer.buffers):
+                block = buffer[:m, :, n - span : n].clone()
+                if capacity != buffer.shape[2]:
+                    shape = list(buffer.shape)
+                    shape[2] = capacity
+                    # Zeros, not empty memory: masked columns meet a zero attention weight, and
+                    # NaN garbage there would still turn the product into NaN.
+                    buffer = layer.buffers[i] = torch.zeros(shape, dtype=buffer.dtype, device=buffer.device)
+                buffer[:m, :, width - span : width] = block
+            layer.width = width
+
+    def _step(self) -> Iterator[tuple[Request, Completion]]:
+        """One call over the live rows; yields the requests that finished."""
+        m, n = self.rows, self.width
+        span = int(self.lengths[:m].max())
+        if n - span >= max(32, n // 8) or n + 1 > self.capacity:  # drop dead columns, grow if still full
+            self._relayout(span, self.capacity if span + 1 <= self.capacity else self.capacity * 2)
+            n = span
+        for layer in self.cache.layers:
+            layer.rows = m
+        lengths = self.lengths[:m]
+        mask = torch.arange(n + 1, device=self.device) >= (n - lengths)[:, None]  # (m, n + 1)
+        out = self.teacher(input_ids=self.last[:m, None], attention_mask=mask.long(), position_ids=lengths[:, None],
+                           use_cache=True, **{cache_kwarg(self.teacher): self.cache})
+        lengths += 1
+        rows = torch.arange(m, device=self.device)
+        steps = self.steps[:m]
+        tokens, lo, hi = _sample_rows(out.logits[:, -1], self.u[rows, steps], self.sampling)
+        self.tokens[rows, steps], self.lo[rows, steps], self.hi[rows, steps] = tokens, lo, hi
+        self.last[:m] = tokens
+        steps += 1
+        ended = (torch.isin(tokens, self.eos) | (steps == self.new_tokens)).nonzero()[:, 0].tolist()
+        finished = []
+        for row in reversed(ended):  # descending: the row moved into a finished one is live
+            k = int(self.steps[row])
+            # Copies: the row's buffers are reused by the next request.
+            finished.append((self.requests[row], tuple(b[row, :k].to("cpu", copy=True) for b in (self.tokens, self.lo, self.hi))))
+            self._remove(row)
+        yield from reversed(finished)
+
+    def _remove(self, row: int) -> None:
+        """Drop row ``row``: the last live row takes its place."""
+        last = self.rows - 1
+        if row != last:
+            n, size = self.width, int(self.lengths[last])
+            for layer in self.cache.layers:
+                for buffer in layer.buffers:
+                    buffer[row, :, n - size : n] = buffer[last, :, n - size : n]
+            for buffer in (self.lengths, self.steps, self.last, self.u, self.tokens, self.lo, self.hi):
+                buffer[row] = buffer[last]
+            self.requests[row] = self.requests[last]
+        self.requests.pop()
+        self.rows = last
+
+
+def sample_requests(teacher: torch.nn.Module, take: Callable[[int], list[Request]], sampling: SamplingConfig,
+                    eos_ids: set[int], batch_size: int, new_tokens: int, context: int = 0) -> Iterator[tuple[Request, Completion]]:
+    """``SlotBatch(...).run(take)``, or rectangular ``sample_completions`` batches for a teacher
+    whose cache SlotBatch cannot hold (found with a one-token call). Arguments as SlotBatch's."""
+    device = teacher.get_input_embeddings().weight.device
+    with torch.inference_mode():
+        probe = output_cache(teacher(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=True))
+    if _plain_layers(probe):
+        with _decoding_attention(teacher):
+            yield from SlotBatch(teacher, sampling, eos_ids, batch_size, new_tokens, context).run(take)
+        return
+    while batch := take(batch_size):
+        u = torch.stack([r.u for r in batch])
+        yield from zip(batch, sample_completions(teacher, [r.prompt for r in batch], u, sampling, eos_ids))
 
 
 def _device(name: str) -> torch.device:
@@ -182,29 +578,123 @@ def _load_json(path: Path) -> dict[str, Any]:
     return index
 
 
-def _write_shard(path: Path, examples: list[int], prompts: list[list[int]], completions: list[tuple[torch.Tensor, ...]]) -> int:
-    """Write one shard atomically; returns its number of completion tokens."""
-    tokens, lo, hi, lengths = [], [], [], []
-    for prompt, (completion, c_lo, c_hi) in zip(prompts, completions):
-        nan = torch.full((len(prompt),), float("nan"), dtype=torch.float64)
-        tokens += [torch.tensor(prompt, dtype=torch.int32), completion.to(torch.int32)]
-        lo += [nan, c_lo]
-        hi += [nan, c_hi]
-        lengths.append(len(prompt) + len(completion))
-    offsets = torch.zeros(len(examples) + 1, dtype=torch.int64)
-    offsets[1:] = torch.tensor(lengths, dtype=torch.int64).cumsum(0)
+# ---------------------------------------------------------------- examples and shards
+
+
+@dataclass
+class _Conversation:
+    """An example in progress: its template pieces (``ptp.data.turn_pieces``), u and what is written so far.
+
+    ``tokens``/``lo``/``hi`` are chunks that concatenate to the example: piece 0, answer 0, piece 1, ...
+    """
+
+    example: int
+    pieces: list[list[int]]
+    u: torch.Tensor  # (len(pieces) * K,) float64
+    max_context: int
+    eos_ids: set[int]
+    tokens: list[torch.Tensor] = field(default_factory=list)
+    lo: list[torch.Tensor] = field(default_factory=list)
+    hi: list[torch.Tensor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._append_text(self.pieces[0])
+
+    def _append_text(self, ids: list[int]) -> None:
+        nan = torch.full((len(ids),), float("nan"), dtype=torch.float64)
+        self.tokens.append(torch.tensor(ids, dtype=torch.int64))
+        self.lo.append(nan)
+        self.hi.append(nan)
+
+    @property
+    def turn(self) -> int:
+        return len(self.tokens) // 2  # answers so far
+
+    def request(self) -> Request:
+        """The request for the next answer: the conversation so far and this turn's u."""
+        k = len(self.u) // len(self.pieces)
+        return Request(torch.cat(self.tokens).tolist(), self.u[self.turn * k : (self.turn + 1) * k], self)
+
+    def answer(self, completion: Completion) -> Request | None:
+        """Add the teacher's answer; the request for the next turn, or None when the example is done."""
+        tokens, lo, hi = completion
+        self.tokens.append(tokens)
+        self.lo.append(lo)
+        self.hi.append(hi)
+        if self.turn == len(self.pieces):
+            return None
+        piece = self.pieces[self.turn]
+        if piece and piece[0] == int(tokens[-1]) in self.eos_ids:  # the template closes the turn with the EOS just sampled
+            piece = piece[1:]
+        if sum(map(len, self.tokens)) + len(piece) > self.max_context:
+            return None  # the next turn does not fit: the conversation stops here
+        self._append_text(piece)
+        return self.request()
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(tokens, lo, hi)`` of the whole example, each ``(T,)``."""
+        return torch.cat(self.tokens), torch.cat(self.lo), torch.cat(self.hi)
+
+
+def _write_shard(path: Path, conversations: list[_Conversation]) -> int:
+    """Write one shard of finished examples atomically; returns its number of teacher-sampled tokens."""
+    parts = [c.tensors() for c in conversations]
+    offsets = torch.zeros(len(parts) + 1, dtype=torch.int64)
+    offsets[1:] = torch.tensor([len(t) for t, _, _ in parts], dtype=torch.int64).cumsum(0)
+    lo = torch.cat([p[1] for p in parts])
     tensors = {
-        "tokens": torch.cat(tokens),
+        "tokens": torch.cat([p[0] for p in parts]).to(torch.int32),
         "offsets": offsets,
-        "prompt_lens": torch.tensor([len(p) for p in prompts], dtype=torch.int32),
-        "examples": torch.tensor(examples, dtype=torch.int64),
-        "lo": torch.cat(lo),
-        "hi": torch.cat(hi),
+        "prompt_lens": torch.tensor([len(c.pieces[0]) for c in conversations], dtype=torch.int32),
+        "examples": torch.tensor([c.example for c in conversations], dtype=torch.int64),
+        "lo": lo,
+        "hi": torch.cat([p[2] for p in parts]),
     }
     # Serialized here and written by write_bytes: safetensors' own save_file writes through a
     # temporary file of its own (.tmpXXXXXX), which a kill would leave behind.
     write_bytes(path, save(tensors, metadata={"format": SHARD_FORMAT}))
-    return sum(len(c[0]) for c in completions)
+    return int((~lo.isnan()).sum())
+
+
+class _Feed:
+    """Requests in the order SlotBatch should take them: next turns of conversations first, then
+    the examples of the next shard from the shortest prompt up. Shards load as they are reached."""
+
+    def __init__(self, make: Callable[[int], _Conversation], start: int, stop: int, shard_size: int) -> None:
+        self.make, self.next_example, self.stop, self.shard_size = make, start, stop, shard_size
+        self.turns: deque[Request] = deque()
+        self.fresh: deque[Request] = deque()
+        self.shards: deque[dict[int, _Conversation | None]] = deque()  # loaded, unwritten: example -> done
+
+    def take(self, n: int) -> list[Request]:
+        out: list[Request] = []
+        while len(out) < n:
+            if self.turns:
+                out.append(self.turns.popleft())
+            elif self.fresh:
+                out.append(self.fresh.popleft())
+            elif self.next_example < self.stop:
+                self._load_shard()
+            else:
+                break
+        return out
+
+    def _load_shard(self) -> None:
+        examples = range(self.next_example, min(self.stop, self.next_example + self.shard_size))
+        self.next_example = examples.stop
+        conversations = [self.make(i) for i in examples]
+        self.shards.append(dict.fromkeys(examples))
+        self.fresh.extend(sorted((c.request() for c in conversations), key=lambda r: len(r.prompt)))
+
+    def finished(self, conversation: _Conversation) -> list[list[_Conversation]]:
+        """Record a finished example; the shards that are now complete, in order."""
+        for shard in self.shards:
+            if conversation.example in shard:
+                shard[conversation.example] = conversation
+        complete = []
+        while self.shards and all(c is not None for c in self.shards[0].values()):
+            complete.append(list(self.shards.popleft().values()))
+        return complete
 
 
 def pregenerate(directory: str | Path, run: PregenerateConfig | None = None) -> dict[str, Any]:
@@ -232,33 +722,36 @@ def pregenerate(directory: str | Path, run: PregenerateConfig | None = None) -> 
     teacher = load_teacher(model.teacher, dtype=getattr(torch, model.teacher_dtype), trust_remote_code=model.trust_remote_code).to(device)
     check_context(data, teacher.config)  # experiment.yaml may have been edited since ptp distill
     eos_ids = eos_token_ids(teacher, tokenizer)
+
+    def conversation(i: int) -> _Conversation:
+        pieces = turn_pieces(rows[i], i, data, tokenizer)
+        u = draw_uniform(data.completion_tokens * len(pieces), seed=example_seed(data.seed, i))
+        return _Conversation(i, pieces, u, data.max_prompt_tokens, eos_ids)
+
+    feed = _Feed(conversation, index["done"], len(rows), run.shard_size)
     from tqdm.auto import tqdm
 
     start_time = time.perf_counter()
     with tqdm(total=len(rows), initial=index["done"], unit="ex", desc="pregenerate", disable=not run.progress) as bar:
-        while index["done"] < len(rows):
-            start, stop = index["done"], min(len(rows), index["done"] + run.shard_size)
-            examples = list(range(start, stop))
-            prompts = [prompt_ids(row, i, data, tokenizer) for i, row in zip(examples, rows.select(examples))]
-            completions: list[Any] = [None] * len(examples)
-            # Similar lengths share a batch (less padding); results return to example order below.
-            order = sorted(range(len(examples)), key=lambda j: len(prompts[j]))
-            for b in range(0, len(order), run.batch_size):
-                batch = order[b : b + run.batch_size]
-                u = torch.stack([draw_uniform(data.completion_tokens, seed=example_seed(data.seed, examples[j])) for j in batch])
-                for j, result in zip(batch, sample_completions(teacher, [prompts[j] for j in batch], u, experiment.sampling, eos_ids)):
-                    completions[j] = result
-                    stats["new_tokens"] += len(result[0])
-                bar.update(len(batch))
-                bar.set_postfix_str(f"{stats['new_tokens'] / (time.perf_counter() - start_time):.0f} tok/s")
-            name = f"shard-{len(index['shards']):05d}.safetensors"
-            count = _write_shard(data_dir / name, examples, prompts, completions)
-            index["shards"].append({"file": name, "start": start, "stop": stop, "completion_tokens": count})
-            index["done"] = stop
-            index["complete"] = stop == len(rows)
-            # The shard is on disk before the index names it: a kill in between only leaves an
-            # unlisted file that the next run overwrites.
-            write_json(data_dir / INDEX_FILE, index)
+        for request, completion in sample_requests(teacher, feed.take, experiment.sampling, eos_ids, run.batch_size,
+                                                   data.completion_tokens, data.max_prompt_tokens + data.completion_tokens):
+            stats["new_tokens"] += len(completion[0])
+            follow_up = request.owner.answer(completion)
+            if follow_up is not None:
+                feed.turns.append(follow_up)
+                continue
+            bar.update(1)
+            bar.set_postfix_str(f"{stats['new_tokens'] / (time.perf_counter() - start_time):.0f} tok/s")
+            for shard in feed.finished(request.owner):
+                name = f"shard-{len(index['shards']):05d}.safetensors"
+                count = _write_shard(data_dir / name, shard)
+                start, stop = shard[0].example, shard[-1].example + 1
+                index["shards"].append({"file": name, "start": start, "stop": stop, "completion_tokens": count})
+                index["done"] = stop
+                index["complete"] = stop == len(rows)
+                # The shard is on disk before the index names it: a kill in between only leaves an
+                # unlisted file that the next run overwrites.
+                write_json(data_dir / INDEX_FILE, index)
     stats["seconds"] = time.perf_counter() - start_time
     return {**index, **stats}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import dataclass_arguments, dataclass_from_args, read_line, stdin_open
-from ..data import check_columns, check_context, format_fields, is_messages, load_split, prompt_ids, text_sequences
+from ..data import check_columns, check_context, format_fields, is_messages, load_split, text_sequences, turn_pieces
 from ..errors import UserError
 from ..experiment import DATA_MODES, DataConfig, Experiment
 from ..models import load_config, load_tokenizer
@@ -119,7 +119,7 @@ def _validate(experiment: Experiment, rows: Any, tokenizer: Any, model_config: A
     data = experiment.data
     check_columns(data, list(rows.column_names))
     if data.data_mode == "completions":
-        prompt_ids(rows[0], 0, data, tokenizer)  # renders the first prompt: types, template, format
+        turn_pieces(rows[0], 0, data, tokenizer)  # renders the first prompt: types, template, format, turns
     else:
         text_sequences(rows.select([0]), data, tokenizer)
     check_context(data, model_config)
