@@ -18,12 +18,14 @@ import yaml
 from .config import SamplingConfig, config_from_dict
 from .errors import UserError
 from .io import write_text
+from .head import HeadConfig
 from .student import StudentConfig
 
 EXPERIMENT_FILE = "experiment.yaml"
 DATA_MODES = ("completions", "text", "inverse")
 LOSSES = ("ce", "kl", "rev-kl", "bce")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
+KINDS = ("lora", "head")
 # Which losses fit which PTP mode: O-PTP predicts tokens (cross-entropy of Eq. 10 or per-token
 # binary cross-entropy), C-PTP and MTP predict distributions (Eq. 11, or Eq. 12 with a divergence).
 LOSSES_BY_MODE = {"o-ptp": ("ce", "bce"), "c-ptp": ("ce", "kl", "rev-kl"), "mtp": ("ce", "kl", "rev-kl")}
@@ -121,6 +123,14 @@ class ModelConfig:
         lora_targets: module-name suffixes to adapt; unset adapts every linear layer of the blocks.
         aux_embedding: embedding of u, ``FEATURE+HEAD`` (App. C.1), e.g. ``ar+lin``.
         aux_dim: number of features of the auxiliary embedding.
+        kind: ``lora`` (a gated LoRA that runs the teacher's layers on the draft slots) or ``head``
+            (a K-layer draft head on the teacher's hidden states, trained from cached features).
+        num_layers: K, decoder layers of a head (``kind: head``; default 2); it reads the teacher's
+            states entering layer L - K.
+        init: a head's layers: ``teacher`` (copies of the teacher's last K) or ``fresh``
+            (``kind: head``; default teacher).
+        draft_vocab: a head's output vocabulary, the this many most frequent training tokens; 0 is
+            the teacher's whole vocabulary (``kind: head``; default 0).
     """
 
     teacher: str = ""
@@ -133,14 +143,29 @@ class ModelConfig:
     lora_targets: list[str] | None = None
     aux_embedding: str = "ar+lin"
     aux_dim: int = 32
+    kind: str = "lora"
+    num_layers: int | None = None
+    init: str | None = None
+    draft_vocab: int | None = None
 
     def __post_init__(self) -> None:
         _check(bool(self.teacher), "no teacher given: pass MODEL (a local Hugging Face model directory)")
         _check(self.teacher_dtype in DTYPES, f"teacher_dtype={self.teacher_dtype!r} is invalid: use one of {', '.join(DTYPES)}")
+        _check(self.kind in KINDS, f"kind={self.kind!r} is invalid: use one of {', '.join(KINDS)}")
         if self.lora_alpha is None:
             self.lora_alpha = 2.0 * self.lora_rank
         self.lora_alpha = float(self.lora_alpha)
         self.student_config()  # the student's own checks
+        head_options = ("num_layers", "init", "draft_vocab")
+        if self.kind == "head":
+            for name in head_options:  # unset: the head's own default
+                if getattr(self, name) is None:
+                    setattr(self, name, getattr(HeadConfig, name))
+            self.head_config()  # the head's own checks
+        else:
+            given = [name for name in head_options if getattr(self, name) is not None]
+            _check(not given, f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of kind head: "
+                              "pass --kind head, or leave them out")
 
     def student_config(self) -> StudentConfig:
         return StudentConfig(
@@ -153,6 +178,12 @@ class ModelConfig:
             aux_dim=self.aux_dim,
             teacher=self.teacher,
         )
+
+    def head_config(self) -> HeadConfig:
+        """The draft head's configuration (``kind: head``)."""
+        return HeadConfig(mode=self.mode, num_draft_tokens=self.num_draft_tokens, num_layers=int(self.num_layers),
+                          init=str(self.init), draft_vocab=int(self.draft_vocab), aux_embedding=self.aux_embedding,
+                          aux_dim=self.aux_dim, teacher=self.teacher)
 
 
 @dataclass

@@ -715,8 +715,11 @@ def pregenerate(directory: str | Path, run: PregenerateConfig | None = None) -> 
     rows = load_rows(data)
     index = _read_index(data_dir, fingerprint(experiment), len(rows))
     stats = {"new_tokens": 0, "seconds": 0.0}
+    from .head_data import pregenerated_features  # a head experiment also caches the teacher's features
+
     if index["complete"]:
-        return {**index, **stats}
+        return {**index, **stats, **pregenerated_features(directory, experiment, _device(run.device), run.batch_size,
+                                                          run.shard_size, run.progress)}
 
     device = _device(run.device)
     teacher = load_teacher(model.teacher, dtype=getattr(torch, model.teacher_dtype), trust_remote_code=model.trust_remote_code).to(device)
@@ -753,7 +756,7 @@ def pregenerate(directory: str | Path, run: PregenerateConfig | None = None) -> 
                 # unlisted file that the next run overwrites.
                 write_json(data_dir / INDEX_FILE, index)
     stats["seconds"] = time.perf_counter() - start_time
-    return {**index, **stats}
+    return {**index, **stats, **pregenerated_features(directory, experiment, device, run.batch_size, run.shard_size, run.progress)}
 
 
 def load_shards(directory: str | Path, require_complete: bool = True) -> list[dict[str, Any]]:

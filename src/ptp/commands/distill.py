@@ -27,7 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     # The positionals fill the same fields as --teacher and --dataset.
     parser.add_argument("teacher", metavar="MODEL", help="teacher: a local Hugging Face model directory or a ptp short name")
     parser.add_argument("dataset", metavar="DATASET", help="anything datasets.load_dataset takes (e.g. a local .jsonl file)")
-    parser.add_argument("dir", metavar="DIR", nargs="?", help="experiment directory (default runs/MODEL-DATASET-MODE)")
+    parser.add_argument("dir", metavar="DIR", nargs="?", help="experiment directory (default runs/MODEL-DATASET-MODE, "
+                                                              "with -head for --kind head)")
     for cls in Experiment.sections().values():
         dataclass_arguments(parser, cls)
 
@@ -123,6 +124,10 @@ def _validate(experiment: Experiment, rows: Any, tokenizer: Any, model_config: A
     else:
         text_sequences(rows.select([0]), data, tokenizer)
     check_context(data, model_config)
+    if experiment.model.kind == "head":
+        from ..head_data import check_head_experiment
+
+        check_head_experiment(experiment, getattr(model_config, "num_hidden_layers", None))
     available = len(rows) if data.limit is None else min(len(rows), data.limit)
     if data.data_mode == "completions" and available <= data.val_examples:
         raise UserError(f"dataset has {available} examples, not more than --val-examples {data.val_examples}: lower --val-examples or use more data")
@@ -146,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     _validate(experiment, rows, tokenizer, model_config)
-    directory = Path(args.dir) if args.dir is not None else _default_dir(args.teacher, args.dataset, experiment.model.mode)
+    name = experiment.model.mode + ("-head" if experiment.model.kind == "head" else "")
+    directory = Path(args.dir) if args.dir is not None else _default_dir(args.teacher, args.dataset, name)
     _check_free(directory)
     path = experiment.save(directory)
     print(f"wrote {path}")
