@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -140,6 +141,33 @@ def test_interrupted_runs_resume_to_the_uninterrupted_weights(experiment, tmp_pa
     assert logged and all(reference_losses[step] == loss for step, loss in logged)
 
 
+def assert_stops_at_a_nan_loss(directory: Path, owner: Any, name: str, capsys, monkeypatch) -> None:
+    """With ``owner.name`` (a loss function) returning NaN at its third call, ``ptp train`` stops
+    with one line naming the step and the kept checkpoint of step 2, and writes no student."""
+    real = getattr(owner, name)
+    calls = {"n": 0}
+
+    def nan_at_step_3(*args, **kwargs):
+        loss, extra = real(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 3 else loss), extra
+
+    monkeypatch.setattr(owner, name, nan_at_step_3)
+    assert run_train(directory) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("ptp train: error:")]
+    assert len(errors) == 1 and errors[0].startswith("ptp train: error: the training loss is nan at step 3"), err
+    assert "last.ckpt (step 2) is kept" in errors[0] and "Traceback" not in err
+    assert read_checkpoint(directory / "checkpoints" / "last.ckpt")["global_step"] == 2
+    assert not (directory / "student").exists()
+
+
+def test_a_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(experiment, capsys, monkeypatch):
+    from ptp.objective import PTPObjective
+
+    assert_stops_at_a_nan_loss(experiment, PTPObjective, "__call__", capsys, monkeypatch)
+
+
 def test_damaged_checkpoints(experiment, capsys):
     assert run_train(experiment, "--steps", "4") == 0
     checkpoints = experiment / "checkpoints"
@@ -266,7 +294,7 @@ def test_slot_accuracy_benchmark_agrees_with_the_validation_metrics(experiment, 
     from ptp.experiment import Experiment
     from ptp.objective import PTPObjective, SlotDrafts
     from ptp.student import Student
-    from ptp.train import load_examples, validation_batches
+    from ptp.train_data import load_examples, validation_batches
 
     assert run_train(experiment) == 0
     # A 6-step student drafts almost nothing right; make drafts the teacher's tokens with a

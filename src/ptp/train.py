@@ -1,325 +1,76 @@
-"""``ptp train``: the PTP objective (``ptp.objective``) on PyTorch Lightning, resumable and interrupt-safe.
+"""``ptp train``: a student trained on PyTorch Lightning, resumable and interrupt-safe.
 
-Data (``load_examples``):
+Two kinds of student (``model.kind`` of experiment.yaml):
 
-* ``completions``: the pregenerated shards, prompt + completion tokens with the stored u-intervals
-  ``lo``/``hi``, so the teacher is only needed for the teacher rows of the training forward itself;
-* ``text``: the dataset's text in ``seq_len`` chunks; u-intervals from the teacher (``teacher_targets``);
-* ``inverse``: the same chunks; u from the student itself (Alg. 3).
+* ``lora``: the gated-LoRA student under the PTP objective (``ptp.objective``), on pregenerated
+  completions or the dataset's text;
+* ``head``: a draft head (``ptp.head``) on the cached teacher features of the completions
+  (``ptp.head_data``, written by ``ptp pregenerate``), so no teacher layer runs in a step. A draft
+  vocabulary (``draft_vocab`` > 0) is the most frequent tokens of the training sequences.
 
-The last ``val_examples`` examples (or chunks) are held out for validation.
-
-Batching: examples are right-padded to the longest of the batch (never cropped: cropping the
-front of a completion's context would change the distributions its u-intervals were computed
-from). Right padding needs no attention mask: token rows are causal and draft slots see only the
-tokens before their window, and every window lies inside one example's real tokens (in its
-completion, for completions mode). Examples too short to hold one window of N tokens are skipped.
-
-Randomness: the example order (a permutation per pass over the data), the window starts and the
-u of step ``s`` on rank ``r`` all come from seeds derived from (experiment seed, s, r), and the
-training stream starts at the trainer's ``global_step``. A run resumed from a checkpoint therefore
-continues exactly where the uninterrupted run would be: same data, same u, same final weights.
+The concerns live in their own modules: data and its seeds (``ptp.train_data``), the
+LightningModules (``ptp.train_module``), the callbacks (``ptp.train_callbacks``); this one holds
+the checkpoints and the trainer. A run resumes from the newest readable checkpoint of
+``DIR/checkpoints`` and continues exactly where the uninterrupted run would be. Ctrl-C saves
+``last.ckpt`` at the next step boundary. A NaN or infinite training loss stops the run with a
+one-line error before that step changes anything, keeping the checkpoints written so far.
+Multi-process runs (``--devices N --strategy ddp``, ``--num-nodes M``) see the global batch of a
+one-process run with N times the per-device batch, split between the processes.
 
 Checkpoints (``DIR/checkpoints``, written through ``ptp.io.atomic_path``, so a kill mid-write
 leaves the previous file intact): ``step-XXXXXXXX.ckpt`` every ``checkpoint_every`` steps (the
 ``keep_checkpoints`` newest kept), ``last.ckpt`` (the newest state, also written on Ctrl-C and at
 the end) and ``best.ckpt`` (highest validation #correct). They are Lightning checkpoints holding
-only the trainable weights (gated LoRA + auxiliary embedding), the optimizer, scheduler and loop
-progress, and the run's OptimConfig; they are read with ``torch.load(weights_only=True)``. A
-damaged checkpoint is skipped, with a note; a run resumes from the readable one with the most steps.
+only the trained weights (gated LoRA + auxiliary embedding, or a head and its draft vocabulary),
+the optimizer, scheduler and loop progress, and the run's OptimConfig; they are read with
+``torch.load(weights_only=True)``. A damaged checkpoint is skipped, with a note; a run resumes
+from the readable one with the most steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
-import math
 import pickle
-import signal
-import sys
-import threading
 import warnings
 import zipfile
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, IterableDataset
+from torch import nn
 
-from .data import check_context, load_rows, text_sequences
+from .data import check_context
 from .errors import UserError
 from .experiment import Experiment, OptimConfig, TrainerConfig
+from .head import frequent_tokens
+from .head_data import check_head_experiment, feature_layer, load_experiment_teacher
 from .io import atomic_path, remove_stale_temps
-from .models import load_teacher, load_tokenizer
 from .objective import PTPObjective
-from .pregenerate import load_shards
 from .student import Student
+from .train_callbacks import FinalValidation, InterruptGuard, StepProgressBar
+from .train_data import (PTPDataModule, derived_seed, head_training_batch, head_validation_batches, load_examples,
+                         load_head_examples, say, training_batch, validation_batches)
+from .train_module import CHECKPOINT_FORMAT, HeadModule, NonFiniteLoss, PTPModule, StudentModule, lr_factor
+
+__all__ = ["train", "export_student", "TrainResult", "build_student", "load_examples", "validation_batches",
+           "read_checkpoint", "DamagedCheckpoint", "lr_factor", "CHECKPOINT_DIR", "STUDENT_DIR", "LAST", "BEST",
+           "CHECKPOINT_FORMAT", "MONITOR"]
 
 CHECKPOINT_DIR = "checkpoints"
 STUDENT_DIR = "student"
 LAST, BEST = "last.ckpt", "best.ckpt"
-CHECKPOINT_FORMAT = "ptp-train-1"
 MONITOR = "val/correct"
-
-
-def _say(message: str) -> None:
-    """One line for the user on stderr (rank 0 only)."""
-    if rank_zero_only.rank == 0:
-        print(f"ptp train: {message}", file=sys.stderr, flush=True)
-
-
-def derived_seed(*parts: Any) -> int:
-    """An independent 63-bit seed per tuple of parts (a hash: no overlap between nearby tuples)."""
-    digest = hashlib.sha256(("ptp-train:" + ":".join(map(str, parts))).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-# ---------------------------------------------------------------------------------------- data
-
-
-@dataclass
-class Example:
-    """One training sequence.
-
-    Attributes:
-        tokens: ``(T,)`` int64 token ids.
-        first: earliest window start (the first completion token, or 1 in text modes).
-        lo, hi: ``(T,)`` float64 u-interval of each token (completions mode), else None.
-    """
-
-    tokens: torch.Tensor
-    first: int
-    lo: torch.Tensor | None = None
-    hi: torch.Tensor | None = None
-
-    def num_starts(self, num_draft: int) -> int:
-        """How many window positions of ``num_draft`` tokens fit in ``[first, T)``."""
-        return len(self.tokens) - num_draft - self.first + 1
-
-
-def load_examples(directory: Path, experiment: Experiment) -> tuple[list[Example], list[Example]]:
-    """Training and held-out examples of an experiment, each holding at least one window.
-
-    Raises:
-        UserError: no pregenerated data (completions), too little data, or no example long enough.
-    """
-    data, n = experiment.data, experiment.model.num_draft_tokens
-    if data.data_mode == "completions":
-        examples = [Example(e["tokens"], max(1, e["prompt_len"]), e["lo"], e["hi"]) for e in load_shards(directory)]
-        unit = "examples"
-    else:
-        tokenizer = load_tokenizer(experiment.model.teacher, trust_remote_code=experiment.model.trust_remote_code)
-        chunks = text_sequences(load_rows(data), data, tokenizer)
-        examples = [Example(torch.tensor(c, dtype=torch.int64), 1) for c in chunks]
-        unit = "text chunks"
-    split = len(examples) - data.val_examples
-    if split < 1:
-        raise UserError(f"{directory} has {len(examples)} {unit}, not more than val_examples={data.val_examples}: "
-                        "lower val_examples in experiment.yaml or use more data")
-    train, val = ([e for e in part if e.num_starts(n) >= 1] for part in (examples[:split], examples[split:]))
-    skipped = len(examples) - len(train) - len(val)
-    if not train:
-        what = "completions" if data.data_mode == "completions" else "sequences"
-        raise UserError(f"no training example has {what} of {n + 1}+ tokens to hold a window of num_draft_tokens={n}: "
-                        "lower num_draft_tokens or use longer completions / seq_len")
-    if skipped:
-        _say(f"skipping {skipped} of {len(examples)} {unit} too short for a window of {n} draft tokens")
-    return train, val
-
-
-def collate(examples: list[Example], starts: torch.Tensor, seed: int) -> dict[str, Any]:
-    """Right-padded batch.
-
-    Returns:
-        ``tokens`` ``(B, T)`` int64 (padding 0); ``starts`` ``(B, W)`` int64; ``seed`` (int) of the
-        batch's u; in completions mode ``lo_bits``/``hi_bits`` ``(B, T)``: the float64 intervals
-        as int64 bit patterns, because precision plugins cast every float input (``bf16-true``
-        would round them away).
-    """
-    width = max(len(e.tokens) for e in examples)
-    tokens = torch.zeros(len(examples), width, dtype=torch.int64)
-    for row, e in enumerate(examples):
-        tokens[row, : len(e.tokens)] = e.tokens
-    batch: dict[str, Any] = {"tokens": tokens, "starts": starts, "seed": seed}
-    if examples[0].lo is not None:
-        for name in ("lo", "hi"):
-            bounds = torch.zeros(len(examples), width, dtype=torch.float64)
-            for row, e in enumerate(examples):
-                bounds[row, : len(e.tokens)] = getattr(e, name)
-            batch[f"{name}_bits"] = bounds.view(torch.int64)
-    return batch
-
-
-def sample_starts(examples: list[Example], windows: int, num_draft: int, generator: torch.Generator) -> torch.Tensor:
-    """``(B, W)`` window starts, uniform over the windows that fit in each example's ``[first, T)``."""
-    return torch.stack([
-        torch.randint(e.first, e.first + e.num_starts(num_draft), (windows,), generator=generator) for e in examples
-    ])
-
-
-class TrainStream(IterableDataset):
-    """The batches of steps ``start() .. steps - 1`` for one rank, each a pure function of its step.
-
-    Step ``s`` on rank ``r`` of ``world`` takes the examples at positions
-    ``(s * world + r) * B ..`` of an endless stream of passes over the data, each pass a fresh
-    permutation; windows and u come from seeds of ``(seed, s, r)``.
-    """
-
-    def __init__(self, examples: list[Example], batch_size: int, windows: int, num_draft: int, seed: int,
-                 steps: int, start: Callable[[], int], rank: int = 0, world: int = 1) -> None:
-        self.examples, self.batch_size, self.windows, self.num_draft = examples, batch_size, windows, num_draft
-        self.seed, self.steps, self.start, self.rank, self.world = seed, steps, start, rank, world
-        self._order: tuple[int, list[int]] = (-1, [])
-
-    def example_at(self, position: int) -> Example:
-        epoch, index = divmod(position, len(self.examples))
-        if self._order[0] != epoch:
-            generator = torch.Generator().manual_seed(derived_seed(self.seed, "order", epoch))
-            self._order = (epoch, torch.randperm(len(self.examples), generator=generator).tolist())
-        return self.examples[self._order[1][index]]
-
-    def batch(self, step: int) -> dict[str, Any]:
-        first = (step * self.world + self.rank) * self.batch_size
-        picked = [self.example_at(p) for p in range(first, first + self.batch_size)]
-        generator = torch.Generator().manual_seed(derived_seed(self.seed, "starts", step, self.rank))
-        starts = sample_starts(picked, self.windows, self.num_draft, generator)
-        return collate(picked, starts, derived_seed(self.seed, "u", step, self.rank))
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        # Read when iteration begins, i.e. after Lightning restored a checkpoint's step count.
-        for step in range(self.start(), self.steps):
-            yield self.batch(step)
-
-
-def validation_batches(examples: list[Example], batch_size: int, total_windows: int, num_draft: int, seed: int,
-                       rank: int = 0, world: int = 1) -> list[dict[str, Any]]:
-    """Rank ``rank``'s fixed held-out batches (same windows and u at every validation).
-
-    Every example gets ``ceil(total_windows / len(examples))`` windows; ranks take every
-    ``world``-th example (all of them if there are fewer examples than ranks).
-    """
-    windows = math.ceil(total_windows / len(examples))
-    starts = sample_starts(examples, windows, num_draft, torch.Generator().manual_seed(derived_seed(seed, "val")))
-    mine = list(range(rank, len(examples), world)) if len(examples) >= world else list(range(len(examples)))
-    batches = []
-    for i in range(0, len(mine), batch_size):
-        rows = mine[i : i + batch_size]
-        batches.append(collate([examples[j] for j in rows], starts[rows], derived_seed(seed, "val-u", rows[0])))
-    return batches
-
-
-class PTPDataModule(L.LightningDataModule):
-    """Training stream and held-out batches; every rank builds its own share (no sampler needed)."""
-
-    def __init__(self, train: list[Example], val: list[Example], optim: OptimConfig, windows: int,
-                 num_draft: int, seed: int) -> None:
-        super().__init__()
-        self.train_examples, self.val_examples, self.optim = train, val, optim
-        self.windows, self.num_draft, self.seed = windows, num_draft, seed
-
-    def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        stream = TrainStream(self.train_examples, self.optim.batch_size, self.windows, self.num_draft, self.seed,
-                             trainer.max_steps, lambda: trainer.global_step, trainer.global_rank, trainer.world_size)
-        return DataLoader(stream, batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        batches = validation_batches(self.val_examples, self.optim.batch_size, self.optim.val_windows, self.num_draft, self.seed,
-                                     self.trainer.global_rank, self.trainer.world_size)
-        return DataLoader(batches, batch_size=None)
-
-
-# ---------------------------------------------------------------------------------------- model
-
-
-def lr_factor(step: int, optim: OptimConfig) -> float:
-    """Learning rate of step ``step`` relative to ``optim.lr``: linear warm-up, then constant or a
-    cosine decay to ``final_lr_ratio`` at the last step."""
-    warmup = optim.warmup_steps
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, optim.steps - 1 - warmup))
-    return optim.final_lr_ratio + (1 - optim.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-class PTPModule(L.LightningModule):
-    """The student under the PTP objective; AdamW with linear warm-up, then ``lr_factor``.
-
-    Only the gated LoRA and the auxiliary embedding train (the Student freezes the teacher), and
-    checkpoints hold only those weights.
-    """
-
-    def __init__(self, student: Student, objective: PTPObjective, optim: OptimConfig) -> None:
-        super().__init__()
-        self.student, self.objective, self.optim = student, objective, optim
-        # Validation draws u uniformly in each interval (beta = 1): #correct as decoding sees it.
-        self.val_objective = dataclasses.replace(objective, beta=1.0)
-        self.strict_loading = False  # the frozen teacher is not in checkpoints
-
-    def train(self, mode: bool = True) -> "PTPModule":
-        super().train(mode)
-        # Token rows must be the exact teacher, so its dropout stays off; LoRA and aux have none.
-        self.student.eval()
-        return self
-
-    def _step(self, objective: PTPObjective, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        intervals = [batch[k].view(torch.float64) if k in batch else None for k in ("lo_bits", "hi_bits")]
-        generator = torch.Generator(device=self.device).manual_seed(batch["seed"])
-        return objective(self.student, batch["tokens"], *intervals, starts=batch["starts"], generator=generator)
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, metrics = self._step(self.objective, batch)
-        windows = batch["starts"].numel()
-        for name in ("loss", "correct", "accepted"):
-            self.log(f"train/{name}", metrics[name], prog_bar=name != "accepted", batch_size=windows)
-        return loss
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        _, metrics = self._step(self.val_objective, batch)
-        windows = batch["starts"].numel()
-        for name in ("loss", "correct", "accepted", "decode_accepted"):
-            self.log(f"val/{name}", metrics[name], prog_bar=name == "correct", batch_size=windows, sync_dist=True)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, self.optim))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def on_train_start(self) -> None:
-        # A resumed run gets its checkpoint's optimizer and schedule back, peak rate and weight
-        # decay included; re-apply this run's (possibly overridden) values, so that step s always
-        # trains at lr * lr_factor(s), as LambdaLR computes it.
-        scheduler = self.trainer.lr_scheduler_configs[0].scheduler
-        scheduler.base_lrs = [self.optim.lr] * len(scheduler.base_lrs)
-        for group in scheduler.optimizer.param_groups:
-            group["initial_lr"] = self.optim.lr
-            group["lr"] = self.optim.lr * lr_factor(self.trainer.global_step, self.optim)
-            group["weight_decay"] = self.optim.weight_decay
-
-    def trainable_names(self) -> set[str]:
-        return {name for name, p in self.named_parameters() if p.requires_grad}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trainable = self.trainable_names()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["ptp"] = {"format": CHECKPOINT_FORMAT, "optim": asdict(self.optim)}
-
-    def check_checkpoint(self, checkpoint: dict[str, Any], path: Path) -> None:
-        """UserError unless ``checkpoint`` holds exactly this student's trainable weights."""
-        own = dict(self.named_parameters())
-        state = checkpoint["state_dict"]
-        if set(state) != self.trainable_names() or any(state[k].shape != own[k].shape for k in state):
-            raise UserError(f"{path} was trained with another model configuration: restore experiment.yaml's model "
-                            f"section, or delete {path.parent} to train from scratch")
+INIT_SEQUENCES = 64  # training sequences whose features give a new head's lift statistics
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -371,7 +122,7 @@ def find_resume(checkpoints: Path) -> tuple[Path, dict[str, Any]] | None:
         try:
             checkpoint = read_checkpoint(path)
         except DamagedCheckpoint as e:
-            _say(f"ignoring {e}")
+            say(f"ignoring {e}")
             damaged.append(path.name)
             continue
         if newest is None or checkpoint["global_step"] > newest[1]["global_step"]:
@@ -396,96 +147,6 @@ def checkpoint_callbacks(directory: Path, cfg: TrainerConfig, validate: bool) ->
     return [periodic, best]
 
 
-# ---------------------------------------------------------------------------------------- callbacks
-
-
-class InterruptGuard(Callback):
-    """Ctrl-C ends the run at the next step boundary with ``last.ckpt`` saved.
-
-    The first SIGINT only sets a flag, read when the current step (or validation batch) ends, so
-    the saved state is always a whole number of steps. A second SIGINT interrupts at once; the
-    state is still saved unless the parameters were mid-update (then the periodic checkpoint stands).
-    """
-
-    def __init__(self, last: Path) -> None:
-        self.last = last
-        self.requested = False
-        self.interrupted = False
-        self.saved = False
-        self._updating = False
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = signal.getsignal(signal.SIGINT)
-
-        def handler(signum: int, frame: Any) -> None:
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            _say("interrupted: saving a checkpoint after the current step (Ctrl-C again to stop at once)")
-
-        signal.signal(signal.SIGINT, handler)
-        try:
-            yield
-        finally:
-            # Also undoes Lightning's SIG_IGN after an interrupt.
-            signal.signal(signal.SIGINT, previous)
-
-    def _stop_if_requested(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def on_before_optimizer_step(self, *args: Any) -> None:
-        self._updating = True
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self._updating = False
-        self._stop_if_requested()
-
-    def on_validation_batch_end(self, *args: Any) -> None:
-        self._stop_if_requested()
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, KeyboardInterrupt):
-            return
-        self.interrupted = True
-        if not self._updating and trainer.optimizers:
-            trainer.save_checkpoint(self.last, weights_only=False)
-            self.saved = True
-
-
-class FinalValidation(Callback):
-    """Validates after the last step too (Lightning validates on a stop request), so ``best`` sees it."""
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step >= trainer.max_steps:
-            trainer.should_stop = True
-
-
-class StepProgressBar(TQDMProgressBar):
-    """Steps of the whole run, also across a resume (the stream itself has no length)."""
-
-    @property
-    def total_train_batches(self) -> int:
-        return self.trainer.max_steps
-
-    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        super().on_train_epoch_start(trainer, *args)
-        self.train_progress_bar.set_description("train")
-        self.train_progress_bar.n = trainer.global_step
-        self.train_progress_bar.refresh()
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        n = trainer.global_step
-        if self._should_update(n, trainer.max_steps):
-            self.train_progress_bar.n = n
-            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
-            self.train_progress_bar.refresh()
-
-
 # ---------------------------------------------------------------------------------------- trainer
 
 
@@ -504,12 +165,22 @@ def make_logger(kind: str, directory: Path) -> Any:
     return loggers.WandbLogger(save_dir=directory / "logs", project="ptp", name=directory.resolve().name)
 
 
+def _strategy(name: str, kind: str) -> str:
+    """The Lightning strategy of ``--strategy name`` for a student of ``kind``.
+
+    A head's body keeps its architecture's token embedding, unused (its rows are hidden states):
+    DDP must be told that some parameters get no gradient, or it waits for them.
+    """
+    unused = f"{name}_find_unused_parameters_true"
+    return unused if kind == "head" and unused in StrategyRegistry else name
+
+
 def make_trainer(directory: Path, cfg: TrainerConfig, optim: OptimConfig, callbacks: list[Callback],
-                 validate: bool, progress: bool) -> L.Trainer:
+                 validate: bool, progress: bool, kind: str = "lora") -> L.Trainer:
     devices: Any = int(cfg.devices) if cfg.devices.isdigit() else cfg.devices
     try:
         return L.Trainer(
-            accelerator=cfg.accelerator, devices=devices, strategy=cfg.strategy, num_nodes=cfg.num_nodes,
+            accelerator=cfg.accelerator, devices=devices, strategy=_strategy(cfg.strategy, kind), num_nodes=cfg.num_nodes,
             precision=cfg.precision, max_steps=optim.steps, max_epochs=-1,
             val_check_interval=optim.val_every, check_val_every_n_epoch=None, num_sanity_val_steps=0,
             limit_val_batches=None if validate else 0,
@@ -523,15 +194,49 @@ def make_trainer(directory: Path, cfg: TrainerConfig, optim: OptimConfig, callba
                         "--strategy, --num-nodes and --precision") from None
 
 
-def build_student(experiment: Experiment) -> Student:
-    """The experiment's student on a freshly loaded teacher, with a seeded adapter initialisation."""
+
+def build_student(experiment: Experiment, teacher: nn.Module | None = None, vocab_ids: torch.Tensor | None = None,
+                  draft_tokens: list[torch.Tensor] | None = None) -> nn.Module:
+    """The experiment's student on its teacher (loaded unless given), with a seeded initialisation.
+
+    A head's draft vocabulary (``draft_vocab`` > 0) is ``vocab_ids`` if given (a checkpoint's), else
+    the ``draft_vocab`` most frequent tokens of ``draft_tokens`` (the training sequences).
+    """
     model = experiment.model
-    teacher = load_teacher(model.teacher, dtype=getattr(torch, model.teacher_dtype), trust_remote_code=model.trust_remote_code)
+    teacher = teacher if teacher is not None else load_experiment_teacher(experiment)
+    common = {"mode": model.mode, "num_draft_tokens": model.num_draft_tokens, "aux_embedding": model.aux_embedding,
+              "aux_dim": model.aux_dim, "teacher_name": model.teacher, "sampling": experiment.sampling}
+    if model.kind == "head":
+        if vocab_ids is None and model.draft_vocab:
+            vocab_ids = frequent_tokens(draft_tokens or [], model.draft_vocab, teacher.get_output_embeddings().weight.shape[0])
+        torch.manual_seed(derived_seed(experiment.data.seed, "init"))
+        return Student.from_teacher(teacher, kind="head", num_layers=model.num_layers, init=model.init,
+                                    draft_vocab=model.draft_vocab, vocab_ids=vocab_ids, **common)
     torch.manual_seed(derived_seed(experiment.data.seed, "init"))
-    return Student.from_teacher(teacher, mode=model.mode, num_draft_tokens=model.num_draft_tokens, lora_rank=model.lora_rank,
-                                lora_alpha=model.lora_alpha, lora_targets=model.lora_targets,
-                                aux_embedding=model.aux_embedding, aux_dim=model.aux_dim, teacher_name=model.teacher,
-                                sampling=experiment.sampling)
+    return Student.from_teacher(teacher, lora_rank=model.lora_rank, lora_alpha=model.lora_alpha,
+                                lora_targets=model.lora_targets, **common)
+
+
+def make_module(experiment: Experiment, student: nn.Module, optim: OptimConfig) -> StudentModule:
+    """The LightningModule of the experiment's kind of student."""
+    if experiment.model.kind == "head":
+        return HeadModule(student, optim)
+    loss = experiment.loss
+    objective = PTPObjective(loss=loss.loss, beta=loss.beta, windows=loss.windows_per_sequence, sampling=experiment.sampling,
+                             inverse_autoregressive=experiment.data.data_mode == "inverse")
+    return PTPModule(student, objective, optim)
+
+
+def make_datamodule(experiment: Experiment, optim: OptimConfig, train_examples: list[Any], val_examples: list[Any]) -> PTPDataModule:
+    """Training stream and held-out batches of the experiment's kind of student."""
+    seed, n = experiment.data.seed, experiment.model.num_draft_tokens
+    rows = {"windows": experiment.loss.windows_per_sequence, "num_draft": n, "beta": experiment.loss.beta}
+    if experiment.model.kind == "head":
+        build, validation = partial(head_training_batch, **rows), partial(head_validation_batches, val_examples, optim.val_windows, n, seed)
+    else:
+        build = partial(training_batch, **rows)
+        validation = partial(validation_batches, val_examples, optim.batch_size, optim.val_windows, n, seed)
+    return PTPDataModule(train_examples, optim.batch_size, seed, build, validation)
 
 
 def _full_parameters(trainer: L.Trainer) -> Any:
@@ -576,6 +281,13 @@ class TrainResult:
     rank: int = 0
 
 
+def _non_finite(error: NonFiniteLoss, checkpoints: Path) -> UserError:
+    """The one-line error of a run stopped by a NaN loss, naming the checkpoint a rerun resumes from."""
+    found = find_resume(checkpoints) if checkpoints.is_dir() else None
+    kept = f"{found[0]} (step {found[1]['global_step']}) is kept" if found else "no checkpoint was written yet"
+    return UserError(f"{error}: training stopped; {kept}: lower --lr or check the data, then rerun to resume")
+
+
 def train(directory: str | Path, optim: dict[str, Any] | None = None, trainer: dict[str, Any] | None = None,
           progress: bool = True, callbacks: list[Callback] | None = None) -> TrainResult:
     """Train (or resume training) the student of the experiment in ``directory``.
@@ -586,35 +298,42 @@ def train(directory: str | Path, optim: dict[str, Any] | None = None, trainer: d
         trainer: TrainerConfig fields overriding experiment.yaml's.
         callbacks: extra Lightning callbacks (tests, benchmarks).
     Raises:
-        UserError: missing experiment or data, damaged checkpoints, bad settings.
+        UserError: missing experiment or data, damaged checkpoints, bad settings, a NaN loss.
     """
     directory = Path(directory)
     experiment = Experiment.load(directory)
+    kind = experiment.model.kind
     checkpoints = directory / CHECKPOINT_DIR
-    remove_stale_temps(checkpoints)  # left by a run killed mid-save
+    if rank_zero_only.rank == 0:  # other ranks start while rank 0 may be writing
+        remove_stale_temps(checkpoints)  # left by a run killed mid-save
     resume = find_resume(checkpoints) if checkpoints.is_dir() else None
     # A run keeps the schedule it started with (same total steps after a kill), unless overridden.
     base_optim = OptimConfig(**resume[1]["ptp"]["optim"]) if resume else experiment.optim
     optim_cfg = _replace(base_optim, optim or {})
     trainer_cfg = _replace(experiment.trainer, trainer or {})
-    train_examples, val_examples = load_examples(directory, experiment)
+    teacher = None
+    if kind == "head":
+        check_head_experiment(experiment)
+        teacher = load_experiment_teacher(experiment)  # its depth gives the features' layer
+        train_examples, val_examples = load_head_examples(directory, experiment, feature_layer(experiment, teacher))
+    else:
+        train_examples, val_examples = load_examples(directory, experiment)
     guard = InterruptGuard(checkpoints / LAST)
-    # Before loading the teacher, so bad hardware settings fail fast.
+    # Before loading the (LoRA student's) teacher, so bad hardware settings fail fast.
     runner = make_trainer(directory, trainer_cfg, optim_cfg, [
         guard, FinalValidation(), LearningRateMonitor(logging_interval="step"),
         *checkpoint_callbacks(checkpoints, trainer_cfg, bool(val_examples)), *(callbacks or []),
-    ], validate=bool(val_examples), progress=progress)
+    ], validate=bool(val_examples), progress=progress, kind=kind)
 
-    student = build_student(experiment)
+    student = build_student(experiment, teacher, draft_tokens=[e["tokens"] for e in train_examples] if kind == "head" else None)
+    if kind == "head":  # as ptp.head_training.train_head: lifts start at real states (a resume then loads its own)
+        student.init_from_features(torch.cat([e["features"] for e in train_examples[:INIT_SEQUENCES]]))
     check_context(experiment.data, student.model.config)  # experiment.yaml may have been edited since ptp distill
-    objective = PTPObjective(loss=experiment.loss.loss, beta=experiment.loss.beta, windows=experiment.loss.windows_per_sequence,
-                             sampling=experiment.sampling, inverse_autoregressive=experiment.data.data_mode == "inverse")
-    module = PTPModule(student, objective, optim_cfg)
+    module = make_module(experiment, student, optim_cfg)
     if resume:
         module.check_checkpoint(resume[1], resume[0])
-        _say(f"resuming from {resume[0]} at step {resume[1]['global_step']} of {optim_cfg.steps}")
-    datamodule = PTPDataModule(train_examples, val_examples, optim_cfg, experiment.loss.windows_per_sequence,
-                               experiment.model.num_draft_tokens, experiment.data.seed)
+        say(f"resuming from {resume[0]} at step {resume[1]['global_step']} of {optim_cfg.steps}")
+    datamodule = make_datamodule(experiment, optim_cfg, train_examples, val_examples)
 
     with warnings.catch_warnings():
         # Expected here: the student stays in eval mode, and resuming reuses DIR/checkpoints.
@@ -627,6 +346,8 @@ def train(directory: str | Path, optim: dict[str, Any] | None = None, trainer: d
         except SystemExit:  # Lightning exits after handling a KeyboardInterrupt
             if not guard.interrupted:
                 raise
+        except NonFiniteLoss as e:
+            raise _non_finite(e, checkpoints) from None
     metrics = {k: float(v) for k, v in runner.callback_metrics.items()}
     result = TrainResult("interrupted" if guard.interrupted else "done", runner.global_step, optim_cfg.steps,
                          resumed_from=resume[0] if resume else None, metrics=metrics, rank=runner.global_rank)
@@ -646,7 +367,7 @@ def train(directory: str | Path, optim: dict[str, Any] | None = None, trainer: d
 
 def export_student(directory: str | Path, checkpoint: str | Path | None = None) -> tuple[Path, int]:
     """Write ``DIR/student`` from a training checkpoint, without training: try a run in progress
-    or an interrupted one.
+    or an interrupted one. A head's directory holds its draft vocabulary (``HeadStudent.save_pretrained``).
 
     Args:
         checkpoint: the checkpoint to export; None: the newest readable one in ``DIR/checkpoints``.
@@ -666,8 +387,9 @@ def export_student(directory: str | Path, checkpoint: str | Path | None = None) 
         if not Path(checkpoint).is_file():
             raise UserError(f"checkpoint {str(checkpoint)!r} does not exist: pass a .ckpt file written by ptp train")
         state = read_checkpoint(checkpoint)
-    student = build_student(experiment)
-    module = PTPModule(student, PTPObjective(), experiment.optim)
+    # A head is built with the checkpoint's draft vocabulary (a LoRA checkpoint has none: None).
+    student = build_student(experiment, vocab_ids=state["state_dict"].get("student.vocab_ids"))
+    module = make_module(experiment, student, experiment.optim)
     module.check_checkpoint(state, Path(checkpoint))
     module.load_state_dict(state["state_dict"], strict=False)
     student.save_pretrained(directory / STUDENT_DIR)

@@ -1,4 +1,5 @@
-"""``ptp train DIR``: train an experiment's student with PyTorch Lightning (resumes automatically)."""
+"""``ptp train DIR``: train an experiment's student (gated LoRA or draft head) with PyTorch Lightning
+(resumes automatically)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     summary = ", ".join(f"{name} {result.metrics[key]:.3f}" for name, key in
-                        (("validation #correct", "val/correct"), ("#accepted", "val/accepted")) if key in result.metrics)
+                        (("validation #correct", "val/correct"), ("#accepted", "val/accepted"), ("decode MAT", "val/mat"))
+                        if key in result.metrics)
     print(f"{result.student}: trained {result.steps} steps" + (f"; {summary}" if summary else ""))
     print(f'next: ptp generate {args.dir} "PROMPT"')
     return 0
