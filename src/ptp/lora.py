@@ -5,6 +5,10 @@ the rows where the gate is on (in the activations' dtype; the factors are stored
 verification positions the student *is* the teacher, bit for bit (as peft's activated LoRA).
 ``B`` starts at zero, so a new student also equals the teacher on draft positions.
 
+Gated rows are kept finite and bounded (``finite``): a broken student (NaN, Inf or huge weights)
+must not reach the teacher's rows, yet attention multiplies every value row by its weight, and
+``0 x NaN = NaN`` even where the mask gives a draft row weight 0.
+
 The gate is a ``(batch, seq)`` bool tensor held by a :class:`Gate` shared by all adapted layers and
 set for the duration of one forward call, which keeps the base model's modeling code untouched.
 """
@@ -24,6 +28,14 @@ try:  # GPT-2 style models use a transposed linear layer.
     from transformers.pytorch_utils import Conv1D
 except ImportError:  # pragma: no cover - very old transformers
     Conv1D = ()  # type: ignore[assignment]
+
+
+FINITE = 65504.0  # the largest float16: bounded in every dtype a model runs in, far above honest activations
+
+
+def finite(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with NaN as 0 and everything clamped to ``[-FINITE, FINITE]`` (a new tensor)."""
+    return torch.nan_to_num(x, nan=0.0, posinf=FINITE, neginf=-FINITE).clamp(-FINITE, FINITE)
 
 
 class Gate:
@@ -108,23 +120,25 @@ class GatedLoRA(nn.Module):
             # overhead), in place. Half-precision matmuls this small cost 3-5x their float32
             # version on CPU, so there the delta is computed in float32 and rounded once.
             rows = x[0, -tail:]
+            out = y[0, -tail:]
             if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
                 a_t, b_t = self.factors(torch.float32)
-                y[0, -tail:].add_(torch.mm(torch.mm(rows.float(), a_t), b_t))
+                out.add_(torch.mm(torch.mm(rows.float(), a_t), b_t))
             else:
                 a_t, b_t = self.factors(x.dtype)
-                y[0, -tail:].addmm_(torch.mm(rows, a_t), b_t)
+                out.addmm_(torch.mm(rows, a_t), b_t)
+            out.nan_to_num_(nan=0.0, posinf=FINITE, neginf=-FINITE).clamp_(-FINITE, FINITE)
             return y
         a_t, b_t = self.factors(x.dtype)
         if tail == x.shape[1]:
-            return y + (x @ a_t) @ b_t
+            return finite(y + (x @ a_t) @ b_t)
         if tail is not None:
-            # Slots after the token rows: the delta of those rows alone, added in place (a linear
+            # Slots after the token rows: the delta of those rows alone, written in place (a linear
             # layer's output is not needed by its backward); token rows keep their exact bits.
-            y[:, -tail:] += (x[:, -tail:] @ a_t) @ b_t
+            y[:, -tail:] = finite(y[:, -tail:] + (x[:, -tail:] @ a_t) @ b_t)
             return y
         # Any other layout: the delta of every row, kept only on gated rows by where().
-        return torch.where(mask.unsqueeze(-1), y + (x @ a_t) @ b_t, y)
+        return torch.where(mask.unsqueeze(-1), finite(y + (x @ a_t) @ b_t), y)
 
 
 def inject_gated_lora(

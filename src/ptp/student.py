@@ -33,7 +33,7 @@ from .config import SamplingConfig, config_from_dict
 from .errors import UserError
 from .hf_cache import cache_kwarg
 from .io import write_bytes, write_json
-from .lora import Gate, GatedLoRA, inject_gated_lora
+from .lora import Gate, GatedLoRA, finite, inject_gated_lora
 from .masks import additive_mask
 from .sampling import pick
 
@@ -247,7 +247,7 @@ class Student(nn.Module):
             draft = None
         else:
             token_emb = embed(torch.where(draft, torch.zeros_like(input_ids), input_ids))
-            slot_emb = self.aux(u).to(token_emb.dtype)
+            slot_emb = finite(self.aux(u)).to(token_emb.dtype)  # a broken u embedding must not reach token rows
             inputs_embeds = torch.where(draft.unsqueeze(-1), slot_emb, token_emb)
         mask = additive_mask(visible, inputs_embeds.dtype) if visible is not None else None
         extra = {"logits_to_keep": logits_to_keep} if logits_to_keep and self._keeps_logits else {}
