@@ -1,7 +1,7 @@
 """Completion tokens per second of pregeneration's sampler, before and after continuous batching.
 
     python benchmarks/pregenerate_throughput.py [--prompts 128] [--new-tokens 128] [--threads 2]
-        [--dtype bfloat16] [--batch-size 64] [--old-batch-size 16] [--out benchmarks/results/pregenerate_throughput.json]
+        [--dtype bfloat16] [--batch-size 128] [--old-batch-size 16] [--out benchmarks/results/pregenerate_throughput.json]
 
 Both samplers run in this process on the same prompts (the first N of the default student's
 prompt file, chat-templated as ``ptp pregenerate`` renders them) with the same u and sampling
@@ -14,8 +14,10 @@ prompt file, chat-templated as ``ptp pregenerate`` renders them) with the same u
 * ``new``: ``ptp.pregenerate.sample_requests`` (``SlotBatch``: continuous batching, finished rows
   leave at once, one-query attention, warp restricted to the kept tokens).
 
-Prints both rates and writes the JSON atomically. Tokens are counted as pregeneration stores
-them: each completion up to and including its EOS.
+Prints both rates and writes the JSON atomically, with the load average before and after (other
+processes slow both samplers down). Tokens are counted as pregeneration stores them: each
+completion up to and including its EOS. Both run after ``keep_freed_memory()``, as ``ptp
+pregenerate`` does.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ptp.generate import eos_token_ids
 from ptp.hf_cache import cache_kwarg, output_cache
 from ptp.io import write_json
 from ptp.models import load_teacher, load_tokenizer
-from ptp.pregenerate import Request, example_seed, sample_requests
+from ptp.pregenerate import Request, example_seed, keep_freed_memory, sample_requests
 from ptp.sampling import draw_uniform, pick, token_interval, warp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,8 +101,7 @@ def run_new(teacher, prompts, u, sampling, eos_ids, batch_size) -> list[torch.Te
         return out
 
     out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
-    context = max(map(len, prompts)) + u.shape[1]
-    for request, (tokens, _, _) in sample_requests(teacher, take, sampling, eos_ids, batch_size, u.shape[1], context):
+    for request, (tokens, _, _) in sample_requests(teacher, take, sampling, eos_ids, batch_size, u.shape[1]):
         out[request.owner] = tokens
     return out
 
@@ -119,12 +120,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-prompt-tokens", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    parser.add_argument("--batch-size", type=int, default=64, help="new sampler's sequences per call")
+    parser.add_argument("--batch-size", type=int, default=128, help="new sampler's sequences per call")
     parser.add_argument("--old-batch-size", type=int, default=16, help="old sampler's batch (pregeneration's old default)")
     parser.add_argument("--skip-old", action="store_true", help="measure the new sampler only")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/pregenerate_throughput.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as ptp pregenerate does; both samplers gain from it
+    load_before = os.getloadavg()
 
     teacher = load_teacher(DEFAULT_TEACHER, dtype=getattr(torch, args.dtype))
     tokenizer = load_tokenizer(DEFAULT_TEACHER)
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "teacher": DEFAULT_TEACHER, "dtype": args.dtype, "threads": args.threads, "prompts": len(prompts),
         "prompt_tokens": sum(map(len, prompts)), "new_tokens": args.new_tokens, "sampling": sampling.to_dict(),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__},
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+                    "load_average_before": [round(x, 2) for x in load_before]},
     }
     runs = {"new": (run_new, args.batch_size)} if args.skip_old else {"old": (run_old, args.old_batch_size), "new": (run_new, args.batch_size)}
     outputs = {}
@@ -156,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         # In bfloat16 batch shapes round differently, so a few completions may part ways (float32: none).
         result["identical_completions"] = sum(torch.equal(a, b) for a, b in zip(outputs["old"], outputs["new"]))
         print(f"speedup {result['speedup']}x; {result['identical_completions']} of {len(prompts)} completions identical")
+    # Other processes' load makes the rates lower than on a quiet machine.
+    result["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     write_json(args.out, result)
     print(f"wrote {args.out}")
 

@@ -266,7 +266,7 @@ def test_model_config_validates_student_fields(assets):
 
 
 def slot_sampling(teacher, prompts: list[list[int]], u: torch.Tensor, sampling: SamplingConfig, eos_ids: set[int],
-                  batch_size: int, context: int = 0) -> list[tuple[torch.Tensor, ...]]:
+                  batch_size: int) -> list[tuple[torch.Tensor, ...]]:
     """``pregen.sample_requests`` over prompts handed out shortest first; completions in prompt order."""
     pending = sorted((pregen.Request(p, u[i], i) for i, p in enumerate(prompts)), key=lambda r: len(r.prompt))
 
@@ -275,7 +275,7 @@ def slot_sampling(teacher, prompts: list[list[int]], u: torch.Tensor, sampling: 
         del pending[:n]
         return out
 
-    out = {r.owner: c for r, c in pregen.sample_requests(teacher, take, sampling, eos_ids, batch_size, u.shape[1], context)}
+    out = {r.owner: c for r, c in pregen.sample_requests(teacher, take, sampling, eos_ids, batch_size, u.shape[1])}
     return [out[i] for i in range(len(prompts))]
 
 
@@ -287,7 +287,7 @@ def test_batched_sampling_matches_the_unpadded_teacher(arch):
     sampling = SamplingConfig(temperature=0.8, top_k=30)
     prompts = [[0, 5, 9, 13, 7, 21], [0, 3], [0, 8, 8, 8]]
     u = torch.rand(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    assert pregen._plain_layers(pregen.output_cache(teacher(torch.zeros(1, 1, dtype=torch.long), use_cache=True)))
+    assert pregen._slot_batch_fits(teacher)
     rectangular = pregen.sample_completions(teacher, prompts, u, sampling, {1})
     continuous = slot_sampling(teacher, prompts, u, sampling, {1}, batch_size=2)
     assert teacher.config._attn_implementation == "sdpa"  # SlotBatch's attention is switched off again
@@ -313,13 +313,17 @@ def test_continuous_batching_output_does_not_depend_on_batch_size(monkeypatch):
     # EOS: the token most often sampled at steps 3-8 without one, so that rows end at many steps.
     free = slot_sampling(teacher, prompts, u, sampling, set(), batch_size=16)
     eos = {int(torch.cat([c[0][3:9] for c in free]).mode().values)}
-    relayouts = []
-    real_relayout = pregen.SlotBatch._relayout
-    monkeypatch.setattr(pregen.SlotBatch, "_relayout", lambda self, *a: relayouts.append(a) or real_relayout(self, *a))
+    moves = []
+    for name in ("_add_blocks", "_drop_blocks"):
+        real = getattr(pregen.SlotBatch, name)
+        monkeypatch.setattr(pregen.SlotBatch, name, lambda self, *a, real=real, name=name, **k: moves.append((name, k.get("front")))
+                            or real(self, *a, **k))
+    monkeypatch.setattr(pregen, "BLOCK", 4)  # small blocks: many added and dropped
     runs = [slot_sampling(teacher, prompts, u, sampling, eos, batch_size=b) for b in (1, 3, 16)]
     lengths = [len(c[0]) for c in runs[0]]
-    assert min(lengths) < 12 and max(lengths) == 12 and relayouts
-    monkeypatch.setattr(pregen, "_plain_layers", lambda cache: False)
+    assert min(lengths) < 12 and max(lengths) == 12
+    assert set(moves) == {("_add_blocks", True), ("_add_blocks", False), ("_drop_blocks", None)}  # prompts longer than the frontier, growth, dead blocks
+    monkeypatch.setattr(pregen, "_slot_batch_fits", lambda teacher: False)
     runs.append(slot_sampling(teacher, prompts, u, sampling, eos, batch_size=3))
     for run in runs[1:]:
         for (tokens, lo, hi), (ref_tokens, ref_lo, ref_hi) in zip(run, runs[0]):

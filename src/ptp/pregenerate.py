@@ -29,15 +29,16 @@ resumption (up to floating-point differences between batch shapes, which can onl
 whose u lies within rounding of a boundary).
 
 Sampling is continuously batched (``SlotBatch``): up to ``batch_size`` sequences decode together
-in a preallocated KV cache, a finished one leaves the batch at once and new prompts, shortest
-first, are prefilled in groups when enough slots are free. No call decodes past a sequence's end
-or over padding rows; the KV columns left of a shorter sequence are masked. Models whose cache
-is not a plain per-layer key/value cache (sliding windows, state-space layers) fall back to
-rectangular batches (``sample_completions``).
+in a KV cache of fixed-size column blocks, a finished one leaves the batch at once and new
+prompts, shortest first, are prefilled in groups when enough rows are free. No call decodes past
+a sequence's end or over padding rows; the KV columns left of a shorter sequence are masked.
+Teachers without sdpa attention or whose cache is not a plain per-layer key/value cache (sliding
+windows, state-space layers) fall back to rectangular batches (``sample_completions``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import inspect
 import json
@@ -45,6 +46,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +73,11 @@ SHARD_TENSORS = {"tokens", "offsets", "prompt_lens", "examples", "lo", "hi"}
 # Candidate counts tried per row before warp's full sort: a top-p set rarely needs more than 64.
 CANDIDATES = (64, 1024)
 PREFILL_TOKENS = 8192  # prompt tokens (padding included) per prefill call
+SAMPLE_ELEMENTS = 3 << 20  # logits per chunk of rows in _sample_rows (24 MB in float64)
 ONE_QUERY_ATTENTION = "ptp_one_query"
+BLOCK = 64  # KV columns per block of SlotBatch's cache
+# SlotBatch's cache layers while it runs the teacher, for _one_query_attention.
+_SLOTS: ContextVar[list[Any] | None] = ContextVar("ptp_slots", default=None)
 
 
 @dataclass
@@ -79,13 +85,15 @@ class PregenerateConfig:
     """How pregeneration runs; none of it changes the data produced.
 
     Attributes:
-        batch_size: sequences decoded together (continuous batching with a KV cache).
+        batch_size: sequences decoded together (continuous batching with a KV cache, whose memory
+            grows with batch_size times the longest sequence: 2.3 MB per 100 tokens of a
+            sequence for SmolLM2-135M in bfloat16).
         shard_size: examples per shard file, the unit a killed run resumes from.
         device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
         progress: show a progress bar with tokens per second.
     """
 
-    batch_size: int = 64
+    batch_size: int = 128
     shard_size: int = 256
     device: str = "auto"
     progress: bool = True
@@ -93,6 +101,22 @@ class PregenerateConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.shard_size < 1:
             raise ValueError(f"batch_size={self.batch_size!r}, shard_size={self.shard_size!r}: use integers >= 1")
+
+
+def keep_freed_memory() -> None:
+    """Make glibc keep freed memory for reuse (a process-wide setting, for pregeneration jobs).
+
+    By default glibc returns every freed block above its mmap threshold (at most 32 MB) to the
+    OS, and the next allocation of it page-faults it back in: pregeneration allocates such
+    blocks at every call (a batch's logits in float64, prefill activations), which costs about a
+    tenth of its time. A no-op where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    for option in (-3, -1):  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+        libc.mallopt(option, 1 << 30)
 
 
 def example_seed(seed: int, index: int) -> int:
@@ -118,10 +142,14 @@ def fingerprint(experiment: Experiment) -> dict[str, Any]:
 # ---------------------------------------------------------------- sampling a batch of rows
 
 
-def _top(weights: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _top(logits: torch.Tensor, weights: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` largest of ``(n, V)`` weights and their ids, decreasing, ties by increasing id
-    (warp's rank order; up to which ids tied at the k-th value are chosen)."""
-    ids = weights.topk(k, dim=-1).indices.sort(dim=-1).values
+    (warp's rank order; up to which ids tied at the k-th value are chosen).
+
+    Chosen by ``logits``, which the weights grow with (a top-k in the model's dtype costs half
+    one in float64), and ordered by the weights.
+    """
+    ids = logits.topk(k, dim=-1).indices.sort(dim=-1).values
     values, perm = weights.gather(-1, ids).sort(dim=-1, descending=True, stable=True)
     return values, ids.gather(-1, perm)
 
@@ -155,7 +183,8 @@ def warped_candidates(logits: torch.Tensor, cfg: SamplingConfig) -> tuple[torch.
     keep_ids: list[torch.Tensor | None] = [None] * batch
     pending = torch.arange(batch, device=logits.device)
     for count in [*(c for c in CANDIDATES if c < vocab), vocab]:
-        values, ids = _top(weights if len(pending) == batch else weights[pending], count)  # (n, count)
+        rows = slice(None) if len(pending) == batch else pending
+        values, ids = _top(logits[rows], weights[rows], count)  # (n, count)
         keep = values > 0  # tokens top-k dropped have weight 0
         if cfg.top_p < 1.0:
             keep &= values.cumsum(-1) - values < cfg.top_p  # mass before each token, as warp
@@ -180,11 +209,20 @@ def warped_candidates(logits: torch.Tensor, cfg: SamplingConfig) -> tuple[torch.
 
 
 def _sample_rows(logits: torch.Tensor, u: torch.Tensor, cfg: SamplingConfig) -> tuple[torch.Tensor, ...]:
-    """Eq. (2) and (9) for ``(B, V)`` logits and ``(B,)`` u: ``(tokens, lo, hi)``, each ``(B,)``."""
-    ids, probs = warped_candidates(logits, cfg)
-    index = pick(u, probs, cfg.order)
-    lo, hi = token_interval(probs, index, cfg.order)
-    return ids.gather(-1, index[:, None])[:, 0], lo, hi
+    """Eq. (2) and (9) for ``(B, V)`` logits and ``(B,)`` u: ``(tokens, lo, hi)``, each ``(B,)``.
+
+    Rows go in chunks whose float64 temporaries stay under 32 MB, glibc's largest mmap threshold:
+    a larger block is unmapped when freed and page-faulted in again at the next call, which costs
+    as much as the arithmetic.
+    """
+    rows = max(1, SAMPLE_ELEMENTS // logits.shape[-1])
+    parts = []
+    for a in range(0, len(logits), rows):
+        ids, probs = warped_candidates(logits[a : a + rows], cfg)
+        index = pick(u[a : a + rows], probs, cfg.order)
+        lo, hi = token_interval(probs, index, cfg.order)
+        parts.append((ids.gather(-1, index[:, None])[:, 0], lo, hi))
+    return tuple(torch.cat(p) for p in zip(*parts))
 
 
 @torch.inference_mode()
@@ -251,50 +289,54 @@ def _last_logits(teacher: torch.nn.Module) -> dict[str, int]:
 # ---------------------------------------------------------------- continuous batching
 
 
-def _one_query_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+def _one_query_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor | None,
                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                          **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """transformers' sdpa attention, except for one query per sequence: two batched matmuls.
+    """transformers' sdpa attention, except in a SlotBatch decoding call: matmuls over its cache blocks.
 
-    Decoding many sequences one token at a time, CPU's fused attention kernel costs several
-    times these small matmuls. Keys are copied to contiguous memory first: a half-precision
-    matmul over a strided view of ``SlotBatch``'s buffers costs several times copy plus matmul.
+    Decoding many sequences one token at a time, CPU's fused attention kernel costs several times
+    two small matmuls, and a half-precision matmul over a strided view of one large buffer copies
+    it first; SlotBatch's blocks are contiguous, so nothing is copied.
 
-    Shapes: query ``(B, H, 1, D)``, key/value ``(B, Hkv, L, D)``, boolean mask ``(B, 1, 1, L)``
-    (True: visible). Returns ``(B, 1, H, D)``.
+    Shapes there: query ``(B, H, 1, D)``, blocks ``(S, Hkv, BLOCK, D)``, boolean mask
+    ``(B, 1, 1, L)`` (True: visible). Returns ``(B, 1, H, D)``.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    layers = _SLOTS.get()
+    if layers is None or query.shape[2] != 1:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    plain = attention_mask is None or attention_mask.dtype == torch.bool
-    if query.shape[2] != 1 or not plain or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    layer = layers[module.layer_idx]
     batch, heads, _, dim = query.shape
+    width, key_blocks, value_blocks = layer.width, layer.blocks[0], layer.blocks[1]
+    count = -(-width // BLOCK)  # blocks holding columns [0, width)
     # Query heads grouped by the key/value head they share (repeat_kv's layout).
-    grouped = query.reshape(batch, key.shape[1], heads // key.shape[1], dim)
-    scores = torch.matmul(grouped, key.contiguous().transpose(2, 3)) * (dim**-0.5 if scaling is None else scaling)  # (B, Hkv, G, L)
+    grouped = query.reshape(batch, key_blocks[0].shape[1], -1, dim)
+    scores = torch.cat([torch.matmul(grouped, block[:batch].transpose(2, 3)) for block in key_blocks[:count]], -1)
+    scores = scores[..., :width] * (dim**-0.5 if scaling is None else scaling)  # (B, Hkv, G, width)
     if attention_mask is not None:
         scores = scores.masked_fill(~attention_mask, float("-inf"))
     weights = scores.softmax(-1, dtype=torch.float32).to(query.dtype)
-    return torch.matmul(weights, value).reshape(batch, 1, heads, dim), None
+    weights = torch.nn.functional.pad(weights, (0, count * BLOCK - width))  # columns past the frontier: weight 0
+    out = torch.zeros(grouped.shape, dtype=torch.float32, device=query.device)
+    for b, block in enumerate(value_blocks[:count]):
+        out += torch.matmul(weights[..., b * BLOCK : (b + 1) * BLOCK], block[:batch])
+    return out.to(query.dtype).reshape(batch, 1, heads, dim), None
 
 
 @contextmanager
 def _decoding_attention(teacher: torch.nn.Module) -> Iterator[None]:
     """Run an sdpa teacher with ``_one_query_attention`` (same masks) inside the block."""
-    config = teacher.config
-    if getattr(config, "_attn_implementation", None) != "sdpa":
-        yield
-        return
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(ONE_QUERY_ATTENTION, _one_query_attention)
     AttentionMaskInterface.register(ONE_QUERY_ATTENTION, sdpa_mask)
-    config._attn_implementation = ONE_QUERY_ATTENTION
+    teacher.config._attn_implementation = ONE_QUERY_ATTENTION
     try:
         yield
     finally:
-        config._attn_implementation = "sdpa"
+        teacher.config._attn_implementation = "sdpa"
 
 
 @dataclass
@@ -309,10 +351,16 @@ class Request:
 Completion = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # tokens int64, lo, hi float64, each (n,)
 
 
-def _plain_layers(cache: Any) -> bool:
-    """Whether a cache is a plain key/value tensor per layer, which SlotBatch can take over."""
+def _slot_batch_fits(teacher: torch.nn.Module) -> bool:
+    """Whether SlotBatch can run the teacher: sdpa attention (which it replaces) and a plain
+    key/value cache per layer (found with a one-token call)."""
     from transformers.cache_utils import DynamicLayer
 
+    if getattr(teacher.config, "_attn_implementation", None) != "sdpa":
+        return False
+    device = teacher.get_input_embeddings().weight.device
+    with torch.inference_mode():
+        cache = output_cache(teacher(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=True))
     layers = getattr(cache, "layers", None)
     return bool(layers) and all(type(layer) is DynamicLayer and layer.keys is not None for layer in layers)
 
@@ -325,26 +373,27 @@ def _slot_layer_class() -> type:
     from transformers.cache_utils import DynamicLayer
 
     class _SlotLayer(DynamicLayer):
-        """One layer's KV cache in SlotBatch: preallocated rows, each sequence right-aligned at ``width``.
+        """One layer's KV cache in SlotBatch: ``blocks`` (keys, values), lists of ``(S, Hkv, BLOCK, D)``
+        tensors; column c is offset ``c % BLOCK`` of block ``c // BLOCK``.
 
-        ``buffers``: keys and values, each ``(S, Hkv, cap, D)``. A call writes column ``width`` of
-        the first ``rows`` rows and attends to columns ``[0, width]``.
+        A call writes column ``width`` of the first ``rows`` rows. ``_one_query_attention`` reads
+        the blocks; ``update`` returns no tensors, so that any other attention fails loudly.
         """
 
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor, width: int) -> None:
+        def __init__(self, blocks: tuple[list[torch.Tensor], list[torch.Tensor]], width: int) -> None:
             super().__init__()
-            self.buffers, self.width, self.rows = [keys, values], width, 0
+            self.blocks, self.width, self.rows = blocks, width, 0
             self.is_initialized = True
 
         def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-            """Nothing to do: the buffers exist from the start."""
+            """Nothing to do: the blocks exist from the start."""
 
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            n, m = self.width, self.rows
-            for buffer, states in zip(self.buffers, (key_states, value_states)):
-                buffer[:m, :, n] = states[:, :, 0]  # (m, Hkv, D)
-            self.width = n + 1
-            return self.buffers[0][:m, :, : n + 1], self.buffers[1][:m, :, : n + 1]
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[None, None]:
+            block, offset = divmod(self.width, BLOCK)
+            for blocks, states in zip(self.blocks, (key_states, value_states)):
+                blocks[block][: self.rows, :, offset] = states[:, :, 0]  # (m, Hkv, D)
+            self.width += 1
+            return None, None
 
         def get_seq_length(self) -> int:
             return self.width
@@ -356,22 +405,22 @@ def _slot_layer_class() -> type:
 class SlotBatch:
     """Continuous batching: up to ``slots`` sequences decode together, one token each per call.
 
-    Every live sequence occupies a prefix row of a preallocated KV cache, right-aligned at the
-    shared frontier ``width`` (the column the next call writes), so one 2-D mask (columns
+    Every live sequence occupies a prefix row of the KV cache, right-aligned at the shared
+    frontier ``width`` (the column the next call writes), so one 2-D mask (columns
     ``>= width - length``) and per-row positions describe the batch. A finished sequence leaves
     at once (the last row moves into its place); new requests are prefilled in length-sorted
-    groups once at least ``slots // 8`` rows are free. Columns no live sequence needs any more
-    are dropped when they reach an eighth of the width, and the buffers grow as needed.
+    groups once at least ``slots // 8`` rows are free. The cache is a list of blocks of BLOCK
+    columns: a block no live sequence reaches any more is dropped (kept for reuse), and blocks
+    are added at either end as sequences grow or longer prompts arrive, without moving the rest.
     """
 
-    def __init__(self, teacher: torch.nn.Module, sampling: SamplingConfig, eos_ids: set[int], slots: int, new_tokens: int,
-                 context: int = 0) -> None:
-        """``new_tokens``: K, the most tokens sampled per request (the length of its u);
-        ``context``: the longest sequence expected, so that the buffers need not grow."""
-        self.teacher, self.sampling, self.slots, self.new_tokens, self.context = teacher, sampling, slots, new_tokens, context
+    def __init__(self, teacher: torch.nn.Module, sampling: SamplingConfig, eos_ids: set[int], slots: int, new_tokens: int) -> None:
+        """``new_tokens``: K, the most tokens sampled per request (the length of its u)."""
+        self.teacher, self.sampling, self.slots, self.new_tokens = teacher, sampling, slots, new_tokens
         self.device = teacher.get_input_embeddings().weight.device
         self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=self.device)
         self.cache: Any = None  # a transformers Cache of _SlotLayer, made from the first prefill
+        self.spare: list[list[torch.Tensor]] = []  # per layer: dropped blocks, keys and values alike
         self.rows = 0  # live sequences, rows [0, rows) of every buffer
         self.requests: list[Request] = []
         dev = {"device": self.device}
@@ -413,83 +462,79 @@ class SlotBatch:
                    and (count + 1) * len(requests[count].prompt) <= PREFILL_TOKENS):
                 count += 1
             group, requests = requests[:count], requests[count:]
-            width = len(group[-1].prompt)
             ids, mask, positions = _left_padded([r.prompt for r in group], self.device)
             out = self.teacher(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                                **_last_logits(self.teacher))
-            prefill = output_cache(out)
-            if self.cache is None:
-                self._allocate(prefill, width)
-            elif width > self.width:
-                self._relayout(width, self.capacity if width < self.capacity else 2 * width)
             u = torch.stack([r.u for r in group]).to(self.device)
             tokens, lo, hi = _sample_rows(out.logits[:, -1], u[:, 0], self.sampling)
-            ended = torch.isin(tokens, self.eos) | (self.new_tokens == 1)
-            for row, request in enumerate(group):
-                if bool(ended[row]):
-                    yield request, (tokens[row : row + 1].cpu(), lo[row : row + 1].cpu(), hi[row : row + 1].cpu())
-                    continue
-                self._place(request, prefill, row, width)
-                slot = self.rows - 1
-                self.u[slot], self.steps[slot], self.last[slot] = u[row], 1, tokens[row]
-                self.tokens[slot, 0], self.lo[slot, 0], self.hi[slot, 0] = tokens[row], lo[row], hi[row]
+            ended = (torch.isin(tokens, self.eos) | (self.new_tokens == 1)).tolist()
+            for request, end, token, a, b in zip(group, ended, tokens, lo, hi):
+                if end:
+                    yield request, (token[None].cpu(), a[None].cpu(), b[None].cpu())
+            live = [row for row, end in enumerate(ended) if not end]
+            if live:
+                self._place([group[row] for row in live], output_cache(out), torch.tensor(live, device=self.device), ids.shape[1])
+                rows = slice(self.rows - len(live), self.rows)
+                self.u[rows], self.steps[rows], self.last[rows] = u[live], 1, tokens[live]
+                self.tokens[rows, 0], self.lo[rows, 0], self.hi[rows, 0] = tokens[live], lo[live], hi[live]
 
-    def _allocate(self, prefill: Any, width: int) -> None:
-        """Buffers shaped after the first prefill's cache, room for the longest sequence expected."""
-        longest = max(width + self.new_tokens, self.context)
-        capacity = longest + max(32, longest // 7) + 1  # the gap _step lets build before dropping it
-        layers = []
-        for layer in prefill.layers:
-            buffers = [torch.zeros(self.slots, t.shape[1], capacity, t.shape[3], dtype=t.dtype, device=self.device)
-                       for t in (layer.keys, layer.values)]
-            layers.append(_slot_layer_class()(*buffers, width))
-        from transformers.cache_utils import Cache
-
-        self.cache = Cache(layers=layers)
-
-    @property
-    def capacity(self) -> int:
-        return self.cache.layers[0].buffers[0].shape[2]
-
-    def _place(self, request: Request, prefill: Any, row: int, width: int) -> None:
-        """Copy prefill row ``row`` (left-padded to ``width``) into a new last row, ending at the frontier."""
-        slot, n, size = self.rows, self.width, len(request.prompt)
+    def _place(self, requests: list[Request], prefill: Any, rows: torch.Tensor, width: int) -> None:
+        """Give new last rows to ``requests``, whose caches are prefill ``rows`` (left-padded to
+        ``width``): the prefill's columns land on ``[frontier - width, frontier)``."""
+        if self.cache is None:
+            self.cache = _new_cache([(layer.keys, layer.values) for layer in prefill.layers], self.slots, width)
+            self.spare = [[] for _ in prefill.layers]
+        elif width > self.width:
+            self._add_blocks(-(-(width - self.width) // BLOCK), front=True)
+        first, n = self.rows, self.width
         for layer, source in zip(self.cache.layers, prefill.layers):
-            for buffer, states in zip(layer.buffers, (source.keys, source.values)):
-                buffer[slot, :, n - size : n] = states[row, :, width - size :]
-        self.lengths[slot] = size
-        self.requests.append(request)
-        self.rows += 1
+            for blocks, states in zip(layer.blocks, (source.keys, source.values)):
+                states = states[rows] if len(rows) < states.shape[0] else states  # (R, Hkv, width, D)
+                for b in range((n - width) // BLOCK, -(-n // BLOCK)):
+                    start, stop = max(n - width, b * BLOCK), min(n, (b + 1) * BLOCK)
+                    target = blocks[b][first : first + len(requests), :, start - b * BLOCK : stop - b * BLOCK]
+                    # Padding columns are masked, but a zero weight times NaN would still be NaN.
+                    torch.nan_to_num(states[:, :, start - n + width : stop - n + width], out=target)
+        self.lengths[first : first + len(requests)] = torch.tensor([len(r.prompt) for r in requests], device=self.device)
+        self.requests += requests
+        self.rows += len(requests)
 
-    def _relayout(self, width: int, capacity: int) -> None:
-        """Move the live columns so that they end at ``width``, in buffers of ``capacity`` columns."""
-        n, m = self.width, self.rows
-        span = int(self.lengths[:m].max()) if m else 0
-        for layer in self.cache.layers:
-            for i, buffer in enumerate(layer.buffers):
-                block = buffer[:m, :, n - span : n].clone()
-                if capacity != buffer.shape[2]:
-                    shape = list(buffer.shape)
-                    shape[2] = capacity
-                    # Zeros, not empty memory: masked columns meet a zero attention weight, and
-                    # NaN garbage there would still turn the product into NaN.
-                    buffer = layer.buffers[i] = torch.zeros(shape, dtype=buffer.dtype, device=buffer.device)
-                buffer[:m, :, width - span : width] = block
-            layer.width = width
+    def _add_blocks(self, count: int, front: bool) -> None:
+        """Add ``count`` blocks to every layer, at the end or in front (moving the columns right)."""
+        for layer, spare in zip(self.cache.layers, self.spare):
+            for blocks in layer.blocks:
+                new = [spare.pop() if spare else torch.zeros_like(blocks[0]) for _ in range(count)]
+                blocks[:] = new + blocks if front else blocks + new
+            if front:
+                layer.width += count * BLOCK
+
+    def _drop_blocks(self, count: int) -> None:
+        """Drop the first ``count`` blocks of every layer (no live column is there)."""
+        for layer, spare in zip(self.cache.layers, self.spare):
+            for blocks in layer.blocks:
+                spare += blocks[:count]  # stale but finite: safe to reuse as masked columns
+                del blocks[:count]
+            layer.width -= count * BLOCK
 
     def _step(self) -> Iterator[tuple[Request, Completion]]:
         """One call over the live rows; yields the requests that finished."""
-        m, n = self.rows, self.width
-        span = int(self.lengths[:m].max())
-        if n - span >= max(32, n // 8) or n + 1 > self.capacity:  # drop dead columns, grow if still full
-            self._relayout(span, self.capacity if span + 1 <= self.capacity else self.capacity * 2)
-            n = span
+        m = self.rows
+        dead = self.width - int(self.lengths[:m].max())
+        if dead >= BLOCK:
+            self._drop_blocks(dead // BLOCK)
+        if self.width == len(self.cache.layers[0].blocks[0]) * BLOCK:
+            self._add_blocks(1, front=False)
+        n = self.width
         for layer in self.cache.layers:
             layer.rows = m
         lengths = self.lengths[:m]
         mask = torch.arange(n + 1, device=self.device) >= (n - lengths)[:, None]  # (m, n + 1)
-        out = self.teacher(input_ids=self.last[:m, None], attention_mask=mask.long(), position_ids=lengths[:, None],
-                           use_cache=True, **{cache_kwarg(self.teacher): self.cache})
+        token = _SLOTS.set(self.cache.layers)
+        try:
+            out = self.teacher(input_ids=self.last[:m, None], attention_mask=mask.long(), position_ids=lengths[:, None],
+                               use_cache=True, **{cache_kwarg(self.teacher): self.cache})
+        finally:
+            _SLOTS.reset(token)
         lengths += 1
         rows = torch.arange(m, device=self.device)
         steps = self.steps[:m]
@@ -510,10 +555,10 @@ class SlotBatch:
         """Drop row ``row``: the last live row takes its place."""
         last = self.rows - 1
         if row != last:
-            n, size = self.width, int(self.lengths[last])
             for layer in self.cache.layers:
-                for buffer in layer.buffers:
-                    buffer[row, :, n - size : n] = buffer[last, :, n - size : n]
+                for blocks in layer.blocks:
+                    for block in blocks:
+                        block[row] = block[last]
             for buffer in (self.lengths, self.steps, self.last, self.u, self.tokens, self.lo, self.hi):
                 buffer[row] = buffer[last]
             self.requests[row] = self.requests[last]
@@ -521,16 +566,27 @@ class SlotBatch:
         self.rows = last
 
 
+def _new_cache(shapes: list[tuple[torch.Tensor, torch.Tensor]], slots: int, width: int) -> Any:
+    """A transformers Cache of ``_SlotLayer`` with ``slots`` rows, blocks shaped after each layer's
+    prefill keys and values, enough for columns ``[0, width]``."""
+    from transformers.cache_utils import Cache
+
+    count = width // BLOCK + 1
+    layers = []
+    for keys, values in shapes:
+        blocks = tuple([torch.zeros(slots, t.shape[1], BLOCK, t.shape[3], dtype=t.dtype, device=t.device) for _ in range(count)]
+                       for t in (keys, values))
+        layers.append(_slot_layer_class()(blocks, width))
+    return Cache(layers=layers)
+
+
 def sample_requests(teacher: torch.nn.Module, take: Callable[[int], list[Request]], sampling: SamplingConfig,
-                    eos_ids: set[int], batch_size: int, new_tokens: int, context: int = 0) -> Iterator[tuple[Request, Completion]]:
+                    eos_ids: set[int], batch_size: int, new_tokens: int) -> Iterator[tuple[Request, Completion]]:
     """``SlotBatch(...).run(take)``, or rectangular ``sample_completions`` batches for a teacher
-    whose cache SlotBatch cannot hold (found with a one-token call). Arguments as SlotBatch's."""
-    device = teacher.get_input_embeddings().weight.device
-    with torch.inference_mode():
-        probe = output_cache(teacher(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=True))
-    if _plain_layers(probe):
+    SlotBatch cannot run (``_slot_batch_fits``). Arguments as SlotBatch's."""
+    if _slot_batch_fits(teacher):
         with _decoding_attention(teacher):
-            yield from SlotBatch(teacher, sampling, eos_ids, batch_size, new_tokens, context).run(take)
+            yield from SlotBatch(teacher, sampling, eos_ids, batch_size, new_tokens).run(take)
         return
     while batch := take(batch_size):
         u = torch.stack([r.u for r in batch])
@@ -737,7 +793,7 @@ def pregenerate(directory: str | Path, run: PregenerateConfig | None = None) -> 
     start_time = time.perf_counter()
     with tqdm(total=len(rows), initial=index["done"], unit="ex", desc="pregenerate", disable=not run.progress) as bar:
         for request, completion in sample_requests(teacher, feed.take, experiment.sampling, eos_ids, run.batch_size,
-                                                   data.completion_tokens, data.max_prompt_tokens + data.completion_tokens):
+                                                   data.completion_tokens):
             stats["new_tokens"] += len(completion[0])
             follow_up = request.owner.answer(completion)
             if follow_up is not None:

@@ -6,7 +6,7 @@ import argparse
 
 from ..cli import dataclass_arguments, dataclass_from_args
 from ..experiment import Experiment
-from ..pregenerate import DATA_DIR, PregenerateConfig, pregenerate
+from ..pregenerate import DATA_DIR, PregenerateConfig, keep_freed_memory, pregenerate
 
 HELP = "Sample the teacher's completions for an experiment's prompts into DIR/data (resumable)."
 
@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     if mode != "completions":
         print(f"{args.dir} trains on the dataset's text (data mode {mode!r}): nothing to pregenerate; next: ptp train {args.dir}")
         return 0
+    keep_freed_memory()  # this process only pregenerates
     summary = pregenerate(args.dir, dataclass_from_args(PregenerateConfig, args))
     rate = summary["new_tokens"] / summary["seconds"] if summary["seconds"] > 0 else 0.0
     total = sum(s["completion_tokens"] for s in summary["shards"])
