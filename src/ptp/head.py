@@ -48,6 +48,7 @@ from .masks import additive_mask, training_layout
 from .student import CONFIG_NAME, MODES, WEIGHTS_NAME, draft_tokens, slot_u, teacher_signature
 
 INITS = ("teacher", "fresh")
+DRAFT_CANDIDATES = 64  # tokens a C-PTP / MTP slot picks among while decoding
 
 
 @dataclass
@@ -238,11 +239,20 @@ class HeadStudent(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``(..., H)`` normed head outputs -> ``(..., V')`` logits over the draft vocabulary."""
-        weight = self.model.get_output_embeddings().weight
-        if self.vocab_ids.numel() != weight.shape[0]:
-            weight = weight[self.vocab_ids]
-        flat = hidden.reshape(-1, hidden.shape[-1]) @ weight.to(hidden.dtype).T  # one 2-D matmul, no broadcast copies
+        flat = hidden.reshape(-1, hidden.shape[-1]) @ self._output_weight(hidden.dtype).T  # one 2-D matmul, no broadcast copies
         return flat.reshape(*hidden.shape[:-1], -1)
+
+    def _output_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """``(V', H)`` rows of the teacher's (frozen) output layer for the draft vocabulary, gathered
+        once per dtype: gathering 16k rows on every decoding call would cost as much as the call."""
+        weight = self.model.get_output_embeddings().weight
+        if self.vocab_ids.numel() == weight.shape[0]:
+            return weight.to(dtype)
+        key = (dtype, weight.device, weight._version, self.vocab_ids._version)
+        if self.__dict__.get("_weight_key") != key:
+            self.__dict__["_weight"] = weight[self.vocab_ids].to(dtype).contiguous()
+            self.__dict__["_weight_key"] = key
+        return self.__dict__["_weight"]
 
     def _body(self, rows: torch.Tensor, **kwargs: Any) -> Any:
         return self.body(inputs_embeds=rows, **kwargs)
@@ -297,6 +307,12 @@ class HeadStudent(nn.Module):
         cache = output_cache(out)
         cache.crop(-n)  # keep context rows only: the bonus row comes back as context next time
         logits = self.logits(out.last_hidden_state[0, -n:])
+        if self.mode != "o-ptp":
+            # Pick among the most likely candidates only: a full float64 sort of the draft
+            # vocabulary per slot cost as much as the rest of the call; a draft that differs
+            # where u falls in the far tail is merely rejected.
+            top = logits.topk(min(DRAFT_CANDIDATES, logits.shape[-1]), dim=-1)
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, top.indices, top.values)
         index = draft_tokens(self.mode, logits, u, self.sampling.order)
         logp = logits.float().log_softmax(-1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
         return self.vocab_ids[index], logp.exp().to(torch.float64), cache
