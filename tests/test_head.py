@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ptp import SamplingConfig, Student, UserError
+from ptp.budget import CostCurve
 from ptp.features import FeatureShardWriter, capture_layer_input, completion_features, load_feature_shards, text_features
 from ptp.generate import generate
 from ptp.head import HeadStudent, frequent_tokens
@@ -75,7 +76,7 @@ def test_head_with_accepted_drafts_stays_exact(monkeypatch):
         return right, torch.full_like(conf, 0.9), cache
 
     monkeypatch.setattr(HeadStudent, "draft", oracle)
-    out = generate(head, PROMPT, 30, sampling=sampling, u=u)
+    out = generate(head, PROMPT, 30, sampling=sampling, u=u, cost=CostCurve())  # the prior curve: no timing decides
     assert out.tokens.tolist() == truth
     assert out.tokens_per_call > 2.0
 
