@@ -82,6 +82,16 @@ def run_until_captured(model: nn.Module, **inputs: Any) -> None:
         pass
 
 
+def _right_padded(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, T)`` token ids right-padded with 0 and their attention mask (1 on real tokens)."""
+    ids = torch.zeros(len(sequences), max(len(s) for s in sequences), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
 @torch.inference_mode()
 def text_features(
     teacher: nn.Module, sequences: list[list[int]], layer: int, sampling: SamplingConfig, targets: list[torch.Tensor] | None = None
@@ -99,12 +109,7 @@ def text_features(
         support (an empty interval: no u picks it).
     """
     device = teacher.get_input_embeddings().weight.device
-    width = max(len(s) for s in sequences)
-    ids = torch.zeros(len(sequences), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
+    ids, mask = _right_padded(sequences)
     with capture_layer_input(teacher, layer) as captured:
         logits = teacher(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
     hidden = captured[0]
@@ -167,12 +172,7 @@ def completion_features(teacher: nn.Module, sequences: list[list[int]], layer: i
     """Features of sequences whose u intervals are already known (pregenerated completions):
     the forward stops at ``layer``. Returns per sequence ``(T, H)`` bf16."""
     device = teacher.get_input_embeddings().weight.device
-    width = max(len(s) for s in sequences)
-    ids = torch.zeros(len(sequences), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
+    ids, mask = _right_padded(sequences)
     with capture_layer_input(teacher, layer, stop=True) as captured:
         run_until_captured(teacher, input_ids=ids.to(device), attention_mask=mask.to(device))
     return [captured[0][row, : len(seq)].to(torch.bfloat16).cpu() for row, seq in enumerate(sequences)]

@@ -56,14 +56,14 @@ from .proposers import DecodeState, PromptLookupProposer, Proposer, StudentPropo
 from .sampling import draw_uniform, pick, warp
 from .features import capture_layer_input
 from .proposers import HeadProposer
-from .student import Student
+from .student import Student, StudentBase
 
 STRATEGIES = ("pqd", "verify", "ar", "pld")
 
 
 def is_student(model: Any) -> bool:
     """A PTP student of either kind (gated LoRA or draft head), as opposed to a plain causal LM."""
-    return getattr(model, "kind", None) in ("lora", "head")
+    return isinstance(model, StudentBase)
 
 
 def base_model(model: Any) -> Any:

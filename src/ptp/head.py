@@ -45,7 +45,7 @@ from .features import capture_layer_input, decoder_layers, run_until_captured
 from .hf_cache import cache_kwarg, output_cache
 from .io import write_bytes, write_json
 from .masks import additive_mask, training_layout
-from .student import CONFIG_NAME, MODES, WEIGHTS_NAME, draft_tokens, slot_u, teacher_signature
+from .student import CONFIG_NAME, MODES, WEIGHTS_NAME, StudentBase, draft_tokens, slot_u, teacher_signature
 
 INITS = ("teacher", "fresh")
 DRAFT_CANDIDATES = 64  # tokens a C-PTP / MTP slot picks among while decoding
@@ -154,7 +154,7 @@ def _build_body(teacher: nn.Module, num_layers: int, init: str) -> nn.Module:
     return body.eval()
 
 
-class HeadStudent(nn.Module):
+class HeadStudent(StudentBase):
     """Teacher (frozen, verifies) + a K-layer draft head (trained). ``model`` is the teacher."""
 
     kind = "head"
@@ -195,27 +195,6 @@ class HeadStudent(nn.Module):
             run_until_captured(self.model, input_ids=ids.unsqueeze(0))
         states = captured[0][0, 1:].float()
         return states.mean(0), states.std(0)
-
-    # ---------------------------------------------------------------- properties
-    @property
-    def mode(self) -> str:
-        return self.config.mode
-
-    @property
-    def num_draft_tokens(self) -> int:
-        return self.config.num_draft_tokens
-
-    @property
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig.from_dict(self.config.sampling) if self.config.sampling else SamplingConfig()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
 
     # ---------------------------------------------------------------- rows and outputs
     @torch.no_grad()

@@ -127,7 +127,37 @@ def teacher_signature(teacher: nn.Module) -> dict[str, Any]:
     }
 
 
-class Student(nn.Module):
+class StudentBase(nn.Module):
+    """What every kind of student shares: the teacher as ``model``, a ``config`` with its mode, N
+    and training sampling, and the teacher's dtype and device."""
+
+    kind = ""
+    config: Any
+    model: nn.Module
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        """The sampling the student was trained for (defaults where none was recorded)."""
+        return SamplingConfig.from_dict(self.config.sampling) if self.config.sampling else SamplingConfig()
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    @property
+    def num_draft_tokens(self) -> int:
+        return self.config.num_draft_tokens
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+
+class Student(StudentBase):
     """Teacher + auxiliary embedding + gated LoRA. Gate-off rows are the teacher exactly."""
 
     kind = "lora"
@@ -193,27 +223,6 @@ class Student(nn.Module):
             sampling=sampling.to_dict() if sampling is not None else None,
         )
         return cls(teacher, config)
-
-    @property
-    def sampling(self) -> SamplingConfig:
-        """The sampling the student was trained for (defaults where none was recorded)."""
-        return SamplingConfig.from_dict(self.config.sampling) if self.config.sampling else SamplingConfig()
-
-    @property
-    def mode(self) -> str:
-        return self.config.mode
-
-    @property
-    def num_draft_tokens(self) -> int:
-        return self.config.num_draft_tokens
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
 
     # ---------------------------------------------------------------- forward
     def forward(
