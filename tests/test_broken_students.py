@@ -61,3 +61,4 @@ def test_token_rows_of_a_call_with_broken_slots_are_the_teachers_bits(dtype, val
                   for s in (good, bad)]
     assert torch.isfinite(logits[1]).all()
     assert torch.equal(logits[0], logits[1])
+

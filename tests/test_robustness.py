@@ -376,3 +376,17 @@ def test_trust_remote_code_is_off_unless_asked(experiment):
     assert yaml.safe_load((experiment / EXPERIMENT_FILE).read_text())["model"]["trust_remote_code"] is False
     for load in (load_config, load_teacher, load_tokenizer):
         assert inspect.signature(load).parameters["trust_remote_code"].default is False, load.__name__
+
+
+def test_files_are_written_with_the_users_umask(tmp_path):
+    import os
+    import stat
+
+    from ptp.io import write_text
+
+    previous = os.umask(0o027)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640  # was 0600 whatever the umask
