@@ -180,3 +180,24 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path):
     for (k, a), (_, b) in zip(head.trainable_state_dict().items(), again.trainable_state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
     assert before["windows"] > 0
+
+
+def test_a_useless_head_backs_off_to_plain_decoding(monkeypatch):
+    """Drafts that never pay make the head sit out 1, 2, 4, ... calls: few head calls, same tokens."""
+    head = make_head(scale=0.3)
+    calls = {"n": 0}
+    real = HeadStudent.draft
+
+    def counted(self, *args):
+        calls["n"] += 1
+        tokens, conf, cache = real(self, *args)
+        return (tokens + 1) % VOCAB, conf, cache  # always wrong... unless by chance right
+
+    monkeypatch.setattr(HeadStudent, "draft", counted)
+    head.model.config.eos_token_id = head.model.generation_config.eos_token_id = None  # decode all 80 tokens
+    sampling = SamplingConfig(temperature=0.0)
+    u = torch.zeros(80, dtype=torch.float64)
+    out = generate(head, PROMPT, 80, sampling=sampling, u=u, cost=CostCurve())
+    assert out.tokens.tolist() == reference_tokens(head.model, PROMPT, u, sampling, eos=-1)
+    # about 8 probes before the calibrated rate falls below what pays, then 1, 2, 4, ... calls sat out
+    assert len(out.tokens) == 80 and calls["n"] <= 30, calls["n"]  # 80 without the back-off

@@ -148,7 +148,15 @@ class HeadProposer(Proposer):
     prefix of the proposal that pays: the length n maximising expected new tokens per cost,
     ``(1 + sum_j prod_{i<=j} r_i) / (t(1 + n) + t_head)`` with calibrated acceptance rates r and
     the measured cost curve t, so drafts that keep failing cost almost nothing.
+
+    Back-off: when even the best verify length would not pay for the head's call (expected tokens
+    per cost at the average acceptance rates below plain decoding's), the head sits out the next
+    1, 2, 4, ... calls (at most ``MAX_BACKOFF``), then drafts once to test again; the states of the
+    rows verified meanwhile reach its cache with that next call. A useless head thus costs a
+    call in ``MAX_BACKOFF`` at most, and decoding falls back to plain speed.
     """
+
+    MAX_BACKOFF = 32
 
     def __init__(self, head: Any, num_draft: int, cost: CostCurve | None = None, max_rows: int | None = None) -> None:
         self.head = head
@@ -161,38 +169,59 @@ class HeadProposer(Proposer):
         self.past = 0  # context rows in the head's cache
         self.previous: torch.Tensor | None = None  # teacher state of the last cached token
         self.head_seconds = 0.0  # last head call, excluded from the teacher's timed call
+        self.skip = 0  # calls still to sit out
+        self.backoff = 1  # calls to sit out at the next failure
+        self.buffered: list[torch.Tensor] = []  # teacher states of rows not yet in the head's cache
 
     def record_call(self, rows: int, seconds: float) -> None:
         self.cost.observe(rows, seconds - self.head_seconds)
 
+    def _gains(self, rates: torch.Tensor, pending: int) -> list[float]:
+        """Expected new tokens per cost of verifying 0..len(rates) proposal tokens."""
+        reach = rates.cumprod(0)  # P(first j+1 accepted)
+        head = self.head_seconds / self.cost.base_seconds if self.cost.base_seconds else 0.1
+        return [(1.0 + float(reach[:n].sum())) / (self.cost(pending + n) + head) for n in range(rates.shape[0] + 1)]
+
     def plan(self, state: DecodeState) -> dict[int, int]:
         if not state.proposal:
             return {}
-        reach = self.acceptance.rates(state.confidence).cumprod(0)  # P(first j+1 accepted)
         limit = len(state.proposal) if self.max_rows is None else max(0, min(len(state.proposal), self.max_rows - len(state.pending)))
-        head = self.head_seconds / self.cost.base_seconds if self.cost.base_seconds else 0.1
-        gains = [(1.0 + float(reach[:n].sum())) / (self.cost(len(state.pending) + n) + head) for n in range(limit + 1)]
+        gains = self._gains(self.acceptance.rates(state.confidence[:limit]), len(state.pending))
         n = max(range(limit + 1), key=gains.__getitem__)
         state.proposal, state.confidence = state.proposal[:n], state.confidence[:n]
         return {}
 
+    def _drafting_pays(self, pending: int) -> bool:
+        """Whether the head beats plain decoding (1 token per ``t(pending)``) at average rates."""
+        return max(self._gains(self.acceptance.position_rates(self.num_draft), pending)) * self.cost(pending) > 1.0
+
     def observe(self, state: DecodeState, accepted: int, drafts: Drafts, features: torch.Tensor | None = None) -> None:
         from transformers import DynamicCache
 
-        if state.proposal:
+        verified = bool(state.proposal)
+        if verified:
             self.acceptance.update(state.confidence, accepted)
         start = time.perf_counter()
+        self.head_seconds = 0.0
+        if features is not None and features.shape[0]:
+            self.buffered.append(features)
+            self.previous = features[-1]
+        n = min(self.num_draft, state.max_new_tokens - state.generated)
+        if verified and self.skip == 0 and not self._drafting_pays(len(state.pending)):
+            self.skip, self.backoff = self.backoff, min(2 * self.backoff, self.MAX_BACKOFF)
+        elif verified:
+            self.backoff = 1
+        if n < 1 or self.skip > 0:
+            self.skip = max(0, self.skip - 1)
+            super().observe(state, accepted, drafts)
+            return
         if self.cache is None:
             self.cache = DynamicCache()
         hidden = self.head.model.get_input_embeddings().weight.shape[1]
-        context = features if features is not None else torch.zeros(0, hidden, dtype=self.head.dtype, device=self.head.device)
-        if context.shape[0]:
-            self.previous = context[-1]
-        previous = self.previous if self.previous is not None else context.new_zeros(hidden)
-        n = min(self.num_draft, state.max_new_tokens - state.generated)
-        if n < 1:
-            super().observe(state, accepted, drafts)
-            return
+        empty = torch.zeros(0, hidden, dtype=self.head.dtype, device=self.head.device)
+        context = torch.cat(self.buffered) if self.buffered else empty
+        self.buffered = []
+        previous = self.previous if self.previous is not None else empty.new_zeros(hidden)
         u = state.u[state.generated : state.generated + n]
         tokens, confidence, self.cache = self.head.draft(context, previous, state.tokens[-1], u, self.cache, self.past)
         self.past = state.cached
