@@ -787,32 +787,43 @@ def pregenerate(directory: str | Path, run: PregenerateConfig | None = None) -> 
         u = draw_uniform(data.completion_tokens * len(pieces), seed=example_seed(data.seed, i))
         return _Conversation(i, pieces, u, data.max_prompt_tokens, eos_ids)
 
-    feed = _Feed(conversation, index["done"], len(rows), run.shard_size)
     from tqdm.auto import tqdm
 
     start_time = time.perf_counter()
     with tqdm(total=len(rows), initial=index["done"], unit="ex", desc="pregenerate", disable=not run.progress) as bar:
-        for request, completion in sample_requests(teacher, feed.take, experiment.sampling, eos_ids, run.batch_size,
-                                                   data.completion_tokens):
-            stats["new_tokens"] += len(completion[0])
-            follow_up = request.owner.answer(completion)
-            if follow_up is not None:
-                feed.turns.append(follow_up)
-                continue
-            bar.update(1)
-            bar.set_postfix_str(f"{stats['new_tokens'] / (time.perf_counter() - start_time):.0f} tok/s")
-            for shard in feed.finished(request.owner):
-                name = f"shard-{len(index['shards']):05d}.safetensors"
-                count = _write_shard(data_dir / name, shard)
-                start, stop = shard[0].example, shard[-1].example + 1
-                index["shards"].append({"file": name, "start": start, "stop": stop, "completion_tokens": count})
-                index["done"] = stop
-                index["complete"] = stop == len(rows)
-                # The shard is on disk before the index names it: a kill in between only leaves an
-                # unlisted file that the next run overwrites.
-                write_json(data_dir / INDEX_FILE, index)
+        while not index["complete"]:
+            # One batch per shard, started afresh: a shard's bytes then depend on the shard alone
+            # (rows that share a batch share its shapes, hence its rounding), so a run resumed
+            # after a kill writes exactly what the uninterrupted run writes.
+            feed = _Feed(conversation, index["done"], min(len(rows), index["done"] + run.shard_size), run.shard_size)
+            _sample_shard(teacher, feed, experiment.sampling, eos_ids, run.batch_size, data.completion_tokens,
+                          data_dir, index, len(rows), stats, bar, start_time)
     stats["seconds"] = time.perf_counter() - start_time
     return {**index, **stats, **pregenerated_features(directory, experiment, device, run.batch_size, run.shard_size, run.progress)}
+
+
+def _sample_shard(teacher: torch.nn.Module, feed: "_Feed", sampling: SamplingConfig, eos_ids: set[int], batch_size: int,
+                  new_tokens: int, data_dir: Path, index: dict[str, Any], num_rows: int, stats: dict[str, Any], bar: Any,
+                  start_time: float) -> None:
+    """Sample the conversations of ``feed`` (one shard), write the shard and list it in the index."""
+    for request, completion in sample_requests(teacher, feed.take, sampling, eos_ids, batch_size, new_tokens):
+        stats["new_tokens"] += len(completion[0])
+        follow_up = request.owner.answer(completion)
+        if follow_up is not None:
+            feed.turns.append(follow_up)
+            continue
+        bar.update(1)
+        bar.set_postfix_str(f"{stats['new_tokens'] / (time.perf_counter() - start_time):.0f} tok/s")
+        for shard in feed.finished(request.owner):
+            name = f"shard-{len(index['shards']):05d}.safetensors"
+            count = _write_shard(data_dir / name, shard)
+            start, stop = shard[0].example, shard[-1].example + 1
+            index["shards"].append({"file": name, "start": start, "stop": stop, "completion_tokens": count})
+            index["done"] = stop
+            index["complete"] = stop == num_rows
+            # The shard is on disk before the index names it: a kill in between only leaves an
+            # unlisted file that the next run overwrites.
+            write_json(data_dir / INDEX_FILE, index)
 
 
 def load_shards(directory: str | Path, require_complete: bool = True) -> list[dict[str, Any]]:
