@@ -24,7 +24,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import DistilBertConfig, DistilBertModel
 
-from ptp import Student
+from ptp import Student, UserError
 from ptp.cli import main
 from ptp.experiment import EXPERIMENT_FILE
 from ptp.models import load_config, load_teacher, load_tokenizer
@@ -390,3 +390,44 @@ def test_files_are_written_with_the_users_umask(tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640  # was 0600 whatever the umask
+
+
+def test_bench_out_that_cannot_be_written_fails_before_the_first_question(root, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permissions: a path under a file stands in
+            target = tmp_path / "file"
+            target.write_text("x")
+            out = target / "results"
+        else:
+            out = locked / "results"
+        questions = tmp_path / "q.jsonl"
+        questions.write_text(json.dumps({"question_id": 1, "turns": ["the cat"]}) + "\n")
+        assert "cannot be written" in user_error(["bench", str(root / "student"), "--questions", str(questions),
+                                                  "--out", str(out)], capsys)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_seed_beyond_64_bits_is_one_line(root, capsys):
+    assert "seed=" in user_error(["generate", str(root / "student"), "the cat", "--seed", str(2**64)], capsys)
+
+
+def test_a_shard_path_outside_the_experiment_is_refused(reference, root, capsys):
+    directory = copy_experiment(reference, root / "escaping-index", data=True)
+    index_path = directory / DATA_DIR / INDEX_FILE
+    index = json.loads(index_path.read_text())
+    outside = root / "outside.safetensors"
+    shutil.copy(directory / DATA_DIR / index["shards"][0]["file"], outside)
+    index["shards"][0]["file"] = "../../outside.safetensors"
+    index_path.write_text(json.dumps(index))
+    from ptp.pregenerate import load_shards
+
+    with pytest.raises(UserError, match="outside"):
+        load_shards(directory)
+    index["shards"][0]["file"] = 7  # a field of the wrong type
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(UserError, match="outside"):
+        load_shards(directory)

@@ -97,6 +97,8 @@ class DecodeConfig:
             raise ValueError(f"draft_length={self.draft_length!r} is invalid: use an integer >= 2")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is invalid: use one of {', '.join(DTYPES)}")
+        if self.seed is not None and not 0 <= int(self.seed) < 2**64:
+            raise ValueError(f"seed={self.seed!r} is invalid: use an integer in [0, 2**64)")
 
 
 DTYPES = ("float32", "bfloat16", "float64")

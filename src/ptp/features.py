@@ -32,7 +32,7 @@ from torch import nn
 
 from .config import SamplingConfig
 from .errors import UserError
-from .io import write_bytes, write_json
+from .io import inside, write_bytes, write_json
 from .sampling import token_interval, warp
 
 FEATURE_FORMAT = "ptp-features-1"
@@ -236,9 +236,7 @@ def load_feature_shards(directory: str | Path) -> list[dict[str, torch.Tensor]]:
         raise UserError(f"{directory} has no extracted features (no index.json): extract them first")
     out = []
     for shard in _read_index(path)["shards"]:
-        file = (directory / str(shard["file"])).resolve()
-        if directory.resolve() not in file.parents:
-            raise UserError(f"{path} names a shard outside {directory} ({shard['file']!r}): restore the index")
+        file = inside(directory, shard.get("file") if isinstance(shard, dict) else None, str(path))
         try:
             tensors = load_file(str(file))
         except (SafetensorError, OSError, ValueError) as e:

@@ -34,6 +34,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def inside(directory: str | os.PathLike, name: Any, what: str) -> Path:
+    """``directory / name`` for a file an index names, or a UserError when ``name`` is not a
+    string or leads outside ``directory`` (``../other/shard``, an absolute path, a link out)."""
+    directory = Path(directory)
+    path = (directory / str(name)).resolve() if isinstance(name, str) else None
+    if path is None or directory.resolve() not in path.parents:
+        raise UserError(f"{what} names a file outside {directory} ({name!r}): restore it, or delete {directory} and regenerate")
+    return path
+
+
 def _umask() -> int:
     """The process umask (reading it means setting it: set it straight back)."""
     mask = os.umask(0o022)

@@ -60,7 +60,7 @@ from .data import check_context, load_rows, turn_pieces
 from .errors import UserError
 from .hf_cache import cache_kwarg, output_cache
 from .experiment import Experiment
-from .io import remove_stale_temps, write_bytes, write_json
+from .io import inside, remove_stale_temps, write_bytes, write_json
 from .generate import eos_token_ids
 from .models import load_teacher, load_tokenizer
 from .sampling import draw_uniform, pick, token_interval, warp
@@ -848,8 +848,9 @@ def load_shards(directory: str | Path, require_complete: bool = True) -> list[di
         raise UserError(f"pregeneration in {directory} stopped at example {index['done']} of {index['num_examples']}: rerun ptp pregenerate {directory} to finish it")
     examples = []
     for shard in index["shards"]:
+        file = inside(data_dir, shard.get("file") if isinstance(shard, dict) else None, str(path))
         try:
-            tensors = load_file(str(data_dir / shard["file"]))
+            tensors = load_file(str(file))
         except (SafetensorError, OSError, ValueError) as e:
             raise UserError(f"shard {data_dir / shard['file']} is missing or damaged ({e}): delete {data_dir} and rerun ptp pregenerate") from None
         if not SHARD_TENSORS <= set(tensors):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -96,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # found now, not after the whole benchmark
         raise UserError(f"--out {str(out)!r} is a file: pass a directory for the results")
+    try:  # an unwritable --out must fail now, not after hours of results
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as e:
+        raise UserError(f"--out {str(out)!r} cannot be written ({e.strerror}): pass a directory you can write to") from None
     if args.mtp and "mtp" in methods:
         student_dir(args.mtp)
     student, tokenizer = load(directory, decode, args.trust_remote_code)
