@@ -431,3 +431,16 @@ def test_a_shard_path_outside_the_experiment_is_refused(reference, root, capsys)
     index_path.write_text(json.dumps(index))
     with pytest.raises(UserError, match="outside"):
         load_shards(directory)
+
+
+def test_one_process_per_experiment(experiment, root, capsys):
+    """A second pregenerate or train on a locked experiment is a one-line error naming the holder;
+    the lock goes with its holder (here: the block ends, as a process's exit ends it)."""
+    from ptp.locks import experiment_lock
+
+    directory = copy_experiment(experiment, root / "locked-experiment")
+    with experiment_lock(directory, "train"):
+        for command in ("pregenerate", "train"):
+            message = user_error([command, str(directory), "--no-progress"], capsys)
+            assert f"in use by process {os.getpid()}" in message
+    assert main(["pregenerate", str(directory), *PREGENERATE]) == 0  # free again

@@ -60,6 +60,7 @@ from .data import check_context, load_rows, turn_pieces
 from .errors import UserError
 from .hf_cache import cache_kwarg, output_cache
 from .experiment import Experiment
+from .locks import experiment_lock
 from .io import inside, remove_stale_temps, write_bytes, write_json
 from .generate import eos_token_ids
 from .models import load_teacher, load_tokenizer
@@ -754,6 +755,12 @@ class _Feed:
 
 
 def pregenerate(directory: str | Path, run: PregenerateConfig | None = None) -> dict[str, Any]:
+    """``_pregenerate`` holding the experiment's lock (``ptp.locks``: one process per experiment)."""
+    with experiment_lock(directory, "pregenerate"):
+        return _pregenerate(directory, run)
+
+
+def _pregenerate(directory: str | Path, run: PregenerateConfig | None = None) -> dict[str, Any]:
     """Sample the teacher's completions for every example of the experiment in ``directory``.
 
     Resumes where a previous run stopped. Returns the index (as written to ``data/index.json``)

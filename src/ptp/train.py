@@ -55,6 +55,7 @@ from .experiment import Experiment, OptimConfig, TrainerConfig
 from .head import frequent_tokens
 from .head_data import check_head_experiment, feature_layer, load_experiment_teacher
 from .io import atomic_path, remove_stale_temps
+from .locks import experiment_lock
 from .objective import PTPObjective
 from .student import Student
 from .train_callbacks import FinalValidation, InterruptGuard, StepProgressBar
@@ -290,6 +291,17 @@ def _non_finite(error: NonFiniteLoss, checkpoints: Path) -> UserError:
 
 def train(directory: str | Path, optim: dict[str, Any] | None = None, trainer: dict[str, Any] | None = None,
           progress: bool = True, callbacks: list[Callback] | None = None) -> TrainResult:
+    """Train (or resume training) the student of the experiment in ``directory``, holding its
+    lock (``ptp.locks``: one process per experiment; other DDP ranks run under rank 0's).
+    Arguments as ``_train``'s."""
+    if rank_zero_only.rank != 0:
+        return _train(directory, optim, trainer, progress, callbacks)
+    with experiment_lock(directory, "train"):
+        return _train(directory, optim, trainer, progress, callbacks)
+
+
+def _train(directory: str | Path, optim: dict[str, Any] | None = None, trainer: dict[str, Any] | None = None,
+           progress: bool = True, callbacks: list[Callback] | None = None) -> TrainResult:
     """Train (or resume training) the student of the experiment in ``directory``.
 
     Args:
