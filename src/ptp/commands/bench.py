@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import tempfile
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -78,6 +78,17 @@ def load_drafters(args: argparse.Namespace, decode: DecodeConfig, student: Any, 
     return drafters
 
 
+def check_writable(out: Path) -> None:
+    """A UserError now, not after hours of results, when ``out`` could not be created or written
+    (checked on its nearest existing ancestor, so a refused run leaves nothing behind)."""
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "a file is in the way" if not existing.is_dir() else "no write permission"
+        raise UserError(f"--out {str(out)!r} cannot be written ({why} at {existing}): pass a directory you can write to")
+
+
 def default_questions() -> Path:
     return Path(str(resources.files("ptp") / "assets" / "dev_questions.jsonl"))
 
@@ -97,11 +108,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # found now, not after the whole benchmark
         raise UserError(f"--out {str(out)!r} is a file: pass a directory for the results")
-    try:  # an unwritable --out must fail now, not after hours of results
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as e:
-        raise UserError(f"--out {str(out)!r} cannot be written ({e.strerror}): pass a directory you can write to") from None
+    check_writable(out)
     if args.mtp and "mtp" in methods:
         student_dir(args.mtp)
     student, tokenizer = load(directory, decode, args.trust_remote_code)
