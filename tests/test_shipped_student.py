@@ -49,3 +49,17 @@ def test_shipped_student_decodes_the_teachers_own_samples(student, prompt, sampl
     runs = {s: generate(student, prompt, 24, sampling=sampling, seed=3, strategy=s) for s in ("ar", "verify", "pqd")}
     assert all(torch.equal(r.tokens, runs["ar"].tokens) for r in runs.values())
     assert runs["verify"].calls <= runs["ar"].calls
+
+
+def test_the_demo_runs_a_draft_head_of_the_default_teacher(tmp_path, capsys):
+    """``python -m ptp.demo --student DIR`` with an (untrained) head: every method gives ar's tokens."""
+    from ptp import Student
+    from ptp.demo import main
+    from ptp.models import load_teacher
+
+    head = Student.from_teacher(load_teacher(DEFAULT_TEACHER), kind="head", mode="c-ptp", num_draft_tokens=4,
+                                num_layers=1, vocab_ids=torch.arange(4096), teacher_name=DEFAULT_TEACHER)
+    head.save_pretrained(tmp_path / "head", dtype=torch.bfloat16)
+    assert main(["--student", str(tmp_path / "head"), "--max-new-tokens", "8"]) == 0
+    table = capsys.readouterr().out.splitlines()[-3:]
+    assert [line.split()[0] for line in table] == ["ar", "pld", "pqd"] and all(line.endswith("yes") for line in table)

@@ -29,11 +29,12 @@ from .student import CONFIG_NAME, Student
 SHIPPED = Path(__file__).parent / "assets" / "students" / DEFAULT_TEACHER
 
 
-def load_default_student(dtype: torch.dtype) -> tuple[Student, bool]:
-    """The shipped student of the default teacher, or an untrained one (and whether it is trained)."""
+def load_default_student(dtype: torch.dtype, directory: str | None = None) -> tuple[Student, bool]:
+    """The student in ``directory`` (a gated-LoRA student or a draft head of the default teacher),
+    else the shipped one, else an untrained one; and whether it is trained."""
     teacher = load_teacher(DEFAULT_TEACHER, dtype=dtype)
-    if (SHIPPED / CONFIG_NAME).is_file():
-        return Student.from_pretrained(SHIPPED, teacher=teacher).eval(), True
+    if directory is not None or (SHIPPED / CONFIG_NAME).is_file():
+        return Student.from_pretrained(directory or SHIPPED, teacher=teacher).eval(), True
     return Student.from_teacher(teacher, teacher_name=DEFAULT_TEACHER).eval(), False
 
 
@@ -43,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--student", metavar="DIR", help="a student directory of the default teacher (default: the shipped one)")
     args = parser.parse_args(argv)
     try:
-        student, trained = load_default_student(getattr(torch, args.dtype))
+        student, trained = load_default_student(getattr(torch, args.dtype), args.student)
         tokenizer = load_tokenizer(DEFAULT_TEACHER)
     except UserError as e:
         print(f"ptp demo: error: {e}", file=sys.stderr)
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in ("ar", "pld", "pqd")}
     print(f"> {args.prompt}\n{tokenizer.decode(runs['ar'].tokens.tolist(), skip_special_tokens=True)}\n")
     print(f"teacher {DEFAULT_TEACHER} ({args.dtype}), temperature 0.7, top-p 0.95, seed {args.seed}; "
-          f"student: {'shipped' if trained else 'untrained (no shipped student found)'}")
+          f"student: {args.student or ('shipped' if trained else 'untrained (no shipped student found)')}")
     print(f"{'method':8s} {'tokens':>6s} {'calls':>6s} {'tok/call':>8s} {'tok/s':>7s} {'speedup':>8s}  identical to ar")
     base = runs["ar"]
     for name, r in runs.items():
