@@ -444,3 +444,11 @@ def test_one_process_per_experiment(experiment, root, capsys):
             message = user_error([command, str(directory), "--no-progress"], capsys)
             assert f"in use by process {os.getpid()}" in message
     assert main(["pregenerate", str(directory), *PREGENERATE]) == 0  # free again
+
+
+def test_remote_code_needs_the_flag_not_just_the_config(reference, root, capsys):
+    directory = copy_experiment(reference, root / "remote-code", data=True)
+    edit_experiment(directory, "model", trust_remote_code=True)
+    for command in ("pregenerate", "train"):
+        assert "pass --trust-remote-code to ptp " + command in user_error([command, str(directory), "--no-progress"], capsys)
+    assert main(["pregenerate", str(directory), "--no-progress", "--trust-remote-code"]) == 0  # allowed: it runs

@@ -350,3 +350,11 @@ class Experiment:
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): fix it or rerun ptp distill") from None
         return cls.from_dict(data, source=str(path))
+
+
+def check_remote_code(directory: str | Path, allowed: bool, command: str) -> None:
+    """A UserError when ``DIR/experiment.yaml`` asks for the teacher's own code and the command
+    line did not allow it: a config file alone never makes ptp import code."""
+    if Experiment.load(directory).model.trust_remote_code and not allowed:
+        raise UserError(f"{Path(directory) / EXPERIMENT_FILE} sets model.trust_remote_code: true, which runs the teacher's own "
+                        f"Python code: pass --trust-remote-code to ptp {command} if you trust it, or set it to false")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli import dataclass_arguments, dataclass_from_args
-from ..experiment import Experiment
+from ..experiment import Experiment, check_remote_code
 from ..pregenerate import DATA_DIR, PregenerateConfig, keep_freed_memory, pregenerate
 
 HELP = "Sample the teacher's completions for an experiment's prompts into DIR/data (resumable)."
@@ -14,9 +14,12 @@ HELP = "Sample the teacher's completions for an experiment's prompts into DIR/da
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR", help="experiment directory written by ptp distill")
     dataclass_arguments(parser, PregenerateConfig)
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow the teacher's own modeling code when experiment.yaml asks for it (off by default)")
 
 
 def run(args: argparse.Namespace) -> int:
+    check_remote_code(args.dir, args.trust_remote_code, "pregenerate")
     mode = Experiment.load(args.dir).data.data_mode
     if mode != "completions":
         print(f"{args.dir} trains on the dataset's text (data mode {mode!r}): nothing to pregenerate; next: ptp train {args.dir}")

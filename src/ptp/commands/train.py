@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from ..cli import dataclass_arguments
-from ..experiment import OptimConfig, TrainerConfig
+from ..experiment import OptimConfig, TrainerConfig, check_remote_code
 from ..train import export_student, train
 
 HELP = "Train the student of experiment DIR (Lightning; Ctrl-C saves, rerunning resumes) into DIR/student."
@@ -20,6 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     dataclass_arguments(parser, OptimConfig, group="optimisation (overrides experiment.yaml)")
     dataclass_arguments(parser, TrainerConfig, group="trainer (overrides experiment.yaml)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or model summary")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow the teacher's own modeling code when experiment.yaml asks for it (off by default)")
     parser.add_argument("--export", nargs="?", const="newest", metavar="CHECKPOINT",
                         help="do not train: write DIR/student from the newest checkpoint (or CHECKPOINT), e.g. to try "
                              "a run in progress")
@@ -31,6 +33,7 @@ def _flags(cls: type, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_remote_code(args.dir, args.trust_remote_code, "train")
     if args.export:
         student, step = export_student(args.dir, None if args.export == "newest" else args.export)
         print(f"{student}: the student of step {step}")
