@@ -8,6 +8,7 @@ the help texts. YAML is only their serialisation.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,17 @@ class OptimConfig:
             _check(getattr(self, name) >= 1, f"{name}={getattr(self, name)!r} is invalid: use an integer >= 1")
         _check(self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps!r} is invalid: use an integer >= 0")
         _check(0 <= self.final_lr_ratio <= 1, f"final_lr_ratio={self.final_lr_ratio!r} is invalid: use a value in [0, 1]")
+
+
+def lr_factor(step: int, optim: Any) -> float:
+    """Learning rate of step ``step`` relative to ``optim.lr``: linear warm-up, then constant or a
+    cosine decay to ``final_lr_ratio`` at the last step. ``optim``: an OptimConfig, or any config
+    with its ``warmup_steps``, ``steps`` and ``final_lr_ratio`` (a head's plain training loop)."""
+    warmup = optim.warmup_steps
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, optim.steps - 1 - warmup))
+    return optim.final_lr_ratio + (1 - optim.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass

@@ -52,10 +52,9 @@ from .config import SamplingConfig
 from .errors import UserError
 from .hf_cache import cache_kwarg, output_cache
 from .masks import additive_mask, tree_layout
-from .proposers import DecodeState, PromptLookupProposer, Proposer, StudentProposer
-from .sampling import draw_uniform, pick, warp
 from .features import capture_layer_input
-from .proposers import HeadProposer
+from .proposers import DecodeState, HeadProposer, PromptLookupProposer, Proposer, StudentProposer
+from .sampling import draw_uniform, pick, warp
 from .student import Student, StudentBase
 
 STRATEGIES = ("pqd", "verify", "ar", "pld")

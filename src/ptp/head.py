@@ -38,14 +38,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from .aux_embedding import AuxEmbedding, parse_aux_embedding
-from .config import SamplingConfig, config_from_dict
+from .aux_embedding import AuxEmbedding
+from .config import config_from_dict
 from .errors import UserError
 from .features import capture_layer_input, decoder_layers, run_until_captured
 from .hf_cache import cache_kwarg, output_cache
 from .io import write_bytes, write_json
 from .masks import additive_mask, training_layout
-from .student import CONFIG_NAME, MODES, WEIGHTS_NAME, StudentBase, draft_tokens, slot_u, teacher_signature
+from .student import CONFIG_NAME, WEIGHTS_NAME, StudentBase, check_draft_config, draft_tokens, slot_u, teacher_signature
 
 INITS = ("teacher", "fresh")
 DRAFT_CANDIDATES = 64  # tokens a C-PTP / MTP slot picks among while decoding
@@ -83,10 +83,10 @@ class HeadConfig:
     sampling: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.kind != "head":
+            raise UserError(f"kind={self.kind!r} is invalid for a head config: use head")
+        check_draft_config(self, "head config")
         checks = [
-            (self.kind == "head", f"kind={self.kind!r} is invalid for a head config: use head"),
-            (self.mode in MODES, f"mode={self.mode!r} is invalid: use one of {', '.join(MODES)}"),
-            (int(self.num_draft_tokens) >= 1, f"num_draft_tokens={self.num_draft_tokens!r} is invalid: use an integer >= 1"),
             (int(self.num_layers) >= 1, f"num_layers={self.num_layers!r} is invalid: use an integer >= 1"),
             (self.init in INITS, f"init={self.init!r} is invalid: use one of {', '.join(INITS)}"),
             (int(self.draft_vocab) >= 0, f"draft_vocab={self.draft_vocab!r} is invalid: use 0 (all) or a size >= 1"),
@@ -95,12 +95,6 @@ class HeadConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
-        try:
-            parse_aux_embedding(self.aux_embedding)
-            if self.sampling is not None:
-                SamplingConfig.from_dict(self.sampling)
-        except (ValueError, TypeError) as e:
-            raise UserError(f"head config: {e}") from None
 
 
 class Lift(nn.Module):

@@ -15,7 +15,6 @@ its metadata, the step, config and validation history: one atomic write) is writ
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,9 +25,11 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
+from .experiment import lr_factor
 from .io import write_bytes
 from .metrics import num_correct
 from .sampling import sample_in_interval
+from .student import draft_tokens
 
 CHECKPOINT = "head-checkpoint"
 
@@ -41,7 +42,7 @@ class HeadTrainConfig:
         steps: optimisation steps.
         batch_size: sequences per step.
         windows: draft windows per sequence and step.
-        lr: peak learning rate (linear warm-up, cosine decay to ``final_lr_ratio``).
+        lr: peak learning rate (``ptp.experiment.lr_factor``: linear warm-up, cosine decay to ``final_lr_ratio``).
         warmup_steps: warm-up steps.
         final_lr_ratio: learning rate at the last step as a fraction of ``lr``.
         weight_decay: AdamW decoupled weight decay.
@@ -145,8 +146,6 @@ def head_loss(head: Any, batch: dict[str, torch.Tensor], autocast: bool = True) 
     target = index_of[batch["targets"]]
     loss = F.cross_entropy(logits.flatten(0, 2).float(), target.flatten(), ignore_index=-100)
     with torch.no_grad():
-        from .student import draft_tokens
-
         drafts = head.vocab_ids[draft_tokens(head.mode, logits.detach(), batch["u"], head.sampling.order)]
     return loss, drafts
 
@@ -190,13 +189,6 @@ def evaluate(head: Any, examples: list[dict[str, torch.Tensor]], windows: int = 
     return summarise(tally)
 
 
-def _lr_factor(step: int, cfg: HeadTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.final_lr_ratio + (1 - cfg.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def train_head(head: Any, train: list[dict[str, torch.Tensor]], val: list[dict[str, torch.Tensor]], cfg: HeadTrainConfig,
                directory: str | Path, log: Callable[[str], None] = print,
                more_data: Callable[[], list[dict[str, torch.Tensor]]] | None = None) -> dict[str, Any]:
@@ -226,7 +218,7 @@ def train_head(head: Any, train: list[dict[str, torch.Tensor]], val: list[dict[s
         if batch is None:
             continue
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * group["scale"] * _lr_factor(step, cfg)
+            group["lr"] = cfg.lr * group["scale"] * lr_factor(step, cfg)
         loss, drafts = head_loss(head, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {float(loss)} at step {step}: the last good checkpoint is kept in {directory}")

@@ -73,18 +73,9 @@ class StudentConfig:
     sampling: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise UserError(f"mode={self.mode!r} is invalid: use one of {', '.join(MODES)}")
-        if int(self.num_draft_tokens) < 1:
-            raise UserError(f"num_draft_tokens={self.num_draft_tokens!r} is invalid: use an integer >= 1")
+        check_draft_config(self, "student config")
         if int(self.lora_rank) < 1:
             raise UserError(f"lora_rank={self.lora_rank!r} is invalid: use an integer >= 1")
-        try:
-            parse_aux_embedding(self.aux_embedding)
-            if self.sampling is not None:
-                SamplingConfig.from_dict(self.sampling)
-        except (ValueError, TypeError) as e:
-            raise UserError(f"student config: {e}") from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "student config") -> "StudentConfig":
@@ -93,6 +84,21 @@ class StudentConfig:
         if missing:
             raise UserError(f"{source} lacks keys {missing}: re-save the student with Student.save_pretrained")
         return config_from_dict(cls, data, source)
+
+
+def check_draft_config(config: Any, what: str) -> None:
+    """The checks every kind of student config shares (its ``mode``, ``num_draft_tokens``,
+    ``aux_embedding`` and ``sampling``): a UserError naming the first bad value."""
+    if config.mode not in MODES:
+        raise UserError(f"mode={config.mode!r} is invalid: use one of {', '.join(MODES)}")
+    if int(config.num_draft_tokens) < 1:
+        raise UserError(f"num_draft_tokens={config.num_draft_tokens!r} is invalid: use an integer >= 1")
+    try:
+        parse_aux_embedding(config.aux_embedding)
+        if config.sampling is not None:
+            SamplingConfig.from_dict(config.sampling)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{what}: {e}") from None
 
 
 def slot_u(mode: str, u: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,6 @@ schedule, what a checkpoint holds and the stop on a non-finite loss (``StudentMo
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,23 +14,13 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .experiment import OptimConfig
+from .experiment import OptimConfig, lr_factor
 from .head_training import head_loss, summarise, window_tally
 from .metrics import num_correct
 from .objective import PTPObjective
 from .student import Student
 
 CHECKPOINT_FORMAT = "ptp-train-1"  # in every checkpoint's "ptp" entry, checked when one is read
-
-
-def lr_factor(step: int, optim: OptimConfig) -> float:
-    """Learning rate of step ``step`` relative to ``optim.lr``: linear warm-up, then constant or a
-    cosine decay to ``final_lr_ratio`` at the last step."""
-    warmup = optim.warmup_steps
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, optim.steps - 1 - warmup))
-    return optim.final_lr_ratio + (1 - optim.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class NonFiniteLoss(UserError):
