@@ -95,7 +95,7 @@ Q = ["--prompt-column", "question"]
         ("missing", "qa.jsonl", Q, "no such directory"),
         ("encoder", "qa.jsonl", Q, "is not a causal language model (model type 'distilbert')"),
         ("plain", "qa.jsonl", ["--messages-column", "messages"], "has no chat template"),
-        ("teacher", "missing.jsonl", Q, "cannot load dataset"),
+        ("teacher", "missing.jsonl", Q, "no such file or directory"),
         ("teacher", "empty.jsonl", Q, "empty.jsonl' is empty"),
         ("teacher", "header.csv", Q, "split 'train' is empty"),
         ("teacher", "latin1.jsonl", Q, "is not UTF-8 text (invalid continuation byte at byte 17)"),
@@ -452,3 +452,23 @@ def test_remote_code_needs_the_flag_not_just_the_config(reference, root, capsys)
     for command in ("pregenerate", "train"):
         assert "pass --trust-remote-code to ptp " + command in user_error([command, str(directory), "--no-progress"], capsys)
     assert main(["pregenerate", str(directory), "--no-progress", "--trust-remote-code"]) == 0  # allowed: it runs
+
+
+def test_relative_model_and_dataset_paths_travel(root, tmp_path, capsys, monkeypatch):
+    """Relative MODEL and DATASET are stored absolute: later commands run from anywhere, and a
+    vanished local path is one line (it used to be looked up on the Hub as a repo id)."""
+    shutil.copytree(root / "teacher", tmp_path / "teacher")
+    shutil.copy(root / "qa.jsonl", tmp_path / "qa.jsonl")
+    monkeypatch.chdir(tmp_path)
+    assert main(["distill", "teacher", "qa.jsonl", "exp", "--prompt-column", "question", "--completion-tokens", "4",
+                 "--max-prompt-tokens", "32", "--val-examples", "1", *TRAIN]) == 0
+    saved = yaml.safe_load((tmp_path / "exp" / EXPERIMENT_FILE).read_text())
+    assert (saved["model"]["teacher"], saved["data"]["dataset"]) == (str(tmp_path / "teacher"), str(tmp_path / "qa.jsonl"))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["pregenerate", "../exp", *PREGENERATE]) == 0
+    copy_experiment(tmp_path / "exp", tmp_path / "again")  # no data yet: pregenerate reads the dataset
+    (tmp_path / "qa.jsonl").rename(tmp_path / "moved.jsonl")
+    assert f"no such file or directory {str(tmp_path / 'qa.jsonl')!r}" in user_error(["pregenerate", "../again", *PREGENERATE], capsys)
+    shutil.rmtree(tmp_path / "teacher")
+    assert f"no such directory {str(tmp_path / 'teacher')!r}" in user_error(["pregenerate", "../again", *PREGENERATE], capsys)

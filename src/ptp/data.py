@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import UserError
 from .experiment import DataConfig
-from .io import check_utf8
+from .io import check_utf8, looks_like_path
 
 # Builders of datasets.load_dataset for single local files, by extension.
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -27,6 +27,8 @@ def load_split(dataset: str, split: str) -> Any:
     import datasets
 
     path = Path(dataset).expanduser()
+    if looks_like_path(dataset) and not path.exists():  # never looked up on the Hub
+        raise UserError(f"no such file or directory {dataset!r}: pass an existing dataset file or directory")
     if path.is_file():
         builder = BUILDERS.get(path.suffix.lower())
         if builder is None:

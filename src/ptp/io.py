@@ -44,6 +44,19 @@ def inside(directory: str | os.PathLike, name: Any, what: str) -> Path:
     return path
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` can only mean a local path (absolute, or starting with ``.`` or ``~``), never a Hub id."""
+    return os.path.isabs(name) or name.startswith((".", "~"))
+
+
+def absolute_if_local(name: str) -> str:
+    """``name`` made absolute when it is an existing local file or directory, else unchanged (a Hub
+    id, a ptp short name). Experiments store their paths so: a relative path would be read against
+    whatever directory a later command runs in, and from elsewhere pass for a Hub id."""
+    path = os.path.expanduser(name)
+    return os.path.abspath(path) if os.path.exists(path) else name
+
+
 def _umask() -> int:
     """The process umask (reading it means setting it: set it straight back)."""
     mask = os.umask(0o022)

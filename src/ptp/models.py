@@ -11,6 +11,7 @@ from torch import nn
 
 from .default_teacher import DEFAULT_TEACHER, ensure_default_teacher
 from .errors import UserError
+from .io import looks_like_path
 
 # Short names of models ptp can provide itself: name -> function returning a local directory.
 REGISTRY: dict[str, Callable[[], Path]] = {DEFAULT_TEACHER: ensure_default_teacher}
@@ -31,7 +32,7 @@ def resolve_model(name: str) -> str:
         return name
     if name in REGISTRY:
         return str(REGISTRY[name]())
-    if os.path.isabs(name) or name.startswith((".", "~")):
+    if looks_like_path(name):
         raise UserError(f"no such directory {name!r}: {FIX}")
     return name
 

@@ -16,6 +16,7 @@ from ..cli import dataclass_arguments, dataclass_from_args, read_line, stdin_ope
 from ..data import check_columns, check_context, format_fields, is_messages, load_split, text_sequences, turn_pieces
 from ..errors import UserError
 from ..experiment import DATA_MODES, DataConfig, Experiment
+from ..io import absolute_if_local
 from ..models import load_config, load_tokenizer
 from ..student import MODES
 
@@ -134,6 +135,8 @@ def _validate(experiment: Experiment, rows: Any, tokenizer: Any, model_config: A
 
 
 def run(args: argparse.Namespace) -> int:
+    # Stored absolute, so later commands find them from any directory (and never on the Hub).
+    args.teacher, args.dataset = absolute_if_local(args.teacher), absolute_if_local(args.dataset)
     if args.dir is not None:
         _check_free(Path(args.dir))
     trust = bool(args.trust_remote_code)
