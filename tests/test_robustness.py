@@ -56,6 +56,7 @@ def root(tmp_path_factory) -> Path:
     edit_student(student, root / "truncated", weights=lambda p: p.write_bytes(p.read_bytes()[:-100]))
     (root / "empty.jsonl").write_text("")
     (root / "header.csv").write_text("question\n")
+    (root / "bad-line.jsonl").write_text('{"question": "the cat"}\n{"question": "a",\n{"question": "the"}\n')
     (root / "latin1.jsonl").write_bytes('{"question": "caf\u00e9"}\n'.encode("latin-1"))
     return root
 
@@ -98,6 +99,7 @@ Q = ["--prompt-column", "question"]
         ("teacher", "missing.jsonl", Q, "no such file or directory"),
         ("teacher", "empty.jsonl", Q, "empty.jsonl' is empty"),
         ("teacher", "header.csv", Q, "split 'train' is empty"),
+        ("teacher", "bad-line.jsonl", Q, "bad-line.jsonl' is not valid JSON (line 2: Expecting property name"),
         ("teacher", "latin1.jsonl", Q, "is not UTF-8 text (invalid continuation byte at byte 17)"),
         ("teacher", "qa.jsonl", [*Q, "--max-prompt-tokens", "600"], "exceeds the teacher's context of 512 tokens"),
     ],

@@ -6,6 +6,7 @@ is a UserError naming the example or column and the fix.
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 from typing import Any
@@ -38,16 +39,22 @@ def load_split(dataset: str, split: str) -> Any:
     else:
         args, kwargs = (str(path) if path.is_dir() else dataset,), {}
     _check_text_files(path)
+    verbosity = datasets.logging.get_verbosity()
+    # datasets logs its failures as errors of its own; each is reported below in one line instead.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         # Never a dataset's own loading script (older datasets versions would run one).
         rows = datasets.load_dataset(*args, split=split, trust_remote_code=False, **kwargs)
     except Exception as e:  # datasets raises many unrelated types for unloadable inputs
         if "corresponds to no data" in str(e):  # datasets' words for a split without rows, e.g. a CSV header alone
             raise _empty(dataset, split) from None
+        _check_json_files(path)  # datasets does not say where a JSON file breaks
         raise UserError(
             f"cannot load dataset {dataset!r} split {split!r} ({_first_line(e)}): "
             "pass a local json/jsonl/csv/parquet/txt file or directory, or a dataset name datasets.load_dataset knows"
         ) from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     if len(rows) == 0:
         raise _empty(dataset, split)
     return rows
@@ -62,6 +69,31 @@ def _check_text_files(path: Path) -> None:
     for file in [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []:
         if BUILDERS.get(file.suffix.lower(), "parquet") != "parquet" and not check_utf8(file, "dataset file"):
             raise UserError(f"dataset file {str(file)!r} is empty: pass a file with examples")
+
+
+def _check_json_files(path: Path) -> None:
+    """UserError naming the file and line where a local JSON (lines) dataset file stops being JSON."""
+    for file in [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []:
+        if BUILDERS.get(file.suffix.lower()) == "json" and (where := _json_error(file)):
+            raise UserError(f"dataset file {str(file)!r} is not valid JSON ({where}): fix that line, or pass one JSON object per line")
+
+
+def _json_error(file: Path) -> str | None:
+    """Where ``file`` (one JSON document, or one per line) is not JSON: ``line 7: Expecting ...``; None if it parses."""
+    text = file.read_text(encoding="utf-8")
+    try:
+        json.loads(text)
+        return None
+    except json.JSONDecodeError as e:
+        whole = f"line {e.lineno}: {e.msg}"
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    for number, line in lines:
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as e:
+            # A first line that is not JSON alone: one document over many lines, broken where it says.
+            return whole if number == lines[0][0] else f"line {number}: {e.msg}"
+    return None
 
 
 def _empty(dataset: str, split: str) -> UserError:
