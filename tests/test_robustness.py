@@ -474,3 +474,16 @@ def test_relative_model_and_dataset_paths_travel(root, tmp_path, capsys, monkeyp
     assert f"no such file or directory {str(tmp_path / 'qa.jsonl')!r}" in user_error(["pregenerate", "../again", *PREGENERATE], capsys)
     shutil.rmtree(tmp_path / "teacher")
     assert f"no such directory {str(tmp_path / 'teacher')!r}" in user_error(["pregenerate", "../again", *PREGENERATE], capsys)
+
+
+def test_devices_in_yaml_mean_what_the_flag_means(experiment, root, capsys):
+    """``devices: 1`` in experiment.yaml was refused (expected a str) though --devices 1 works."""
+    from ptp.cli import build_parser, dataclass_from_args
+    from ptp.experiment import Experiment, TrainerConfig
+
+    directory = copy_experiment(experiment, root / "devices")
+    edit_experiment(directory, "trainer", devices=1)
+    flag = dataclass_from_args(TrainerConfig, build_parser("train").parse_args(["train", str(directory), "--devices", "1"]))
+    assert Experiment.load(directory).trainer.devices == flag.devices == "1"
+    edit_experiment(directory, "trainer", devices=1.5)
+    assert "trainer.devices = 1.5 is invalid: expected a str or int" in user_error(["train", str(directory)], capsys)

@@ -123,13 +123,19 @@ def config_from_dict(cls: type, data: Any, where: str) -> Any:
 
 
 def _typed(hint: Any, value: Any, where: str) -> Any:
-    """``value`` if it has type ``hint`` (ints accepted for floats), else a UserError."""
+    """``value`` if it has type ``hint`` (ints accepted for floats; the first member of a union that
+    fits), else a UserError."""
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
-        args = typing.get_args(hint)
+        members = [a for a in args if a is not type(None)]
+        for member in members:
+            try:
+                return _typed(member, value, where)
+            except UserError:
+                continue
+        raise _mistyped(value, where, members)
     if typing.get_origin(hint) is list:
         if isinstance(value, list) and all(isinstance(v, args[0]) for v in value):
             return value
@@ -141,5 +147,9 @@ def _typed(hint: Any, value: Any, where: str) -> Any:
         return value
     elif typing.get_origin(hint) is dict and isinstance(value, dict):
         return value
-    name = getattr(hint, "__name__", str(hint))
-    raise UserError(f"{where} = {value!r} is invalid: expected a {name}")
+    raise _mistyped(value, where, [hint])
+
+
+def _mistyped(value: Any, where: str, hints: list[Any]) -> UserError:
+    names = " or ".join(getattr(hint, "__name__", str(hint)) for hint in hints)
+    return UserError(f"{where} = {value!r} is invalid: expected a {names}")

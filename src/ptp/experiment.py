@@ -275,7 +275,7 @@ class TrainerConfig:
 
     precision: str = "32-true"
     accelerator: str = "auto"
-    devices: str = "auto"
+    devices: str | int = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
     logger: str = "csv"
@@ -283,7 +283,7 @@ class TrainerConfig:
     keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
-        self.devices = str(self.devices)
+        self.devices = str(self.devices)  # so devices: 1 in YAML is what --devices 1 is
         _check(self.logger in ("csv", "tensorboard", "wandb"), f"logger={self.logger!r} is invalid: use csv, tensorboard or wandb")
         for name in ("num_nodes", "checkpoint_every", "keep_checkpoints"):
             _check(getattr(self, name) >= 1, f"{name}={getattr(self, name)!r} is invalid: use an integer >= 1")
