@@ -487,3 +487,10 @@ def test_devices_in_yaml_mean_what_the_flag_means(experiment, root, capsys):
     assert Experiment.load(directory).trainer.devices == flag.devices == "1"
     edit_experiment(directory, "trainer", devices=1.5)
     assert "trainer.devices = 1.5 is invalid: expected a str or int" in user_error(["train", str(directory)], capsys)
+
+
+def test_distill_dir_that_cannot_be_written_is_one_line(root, capsys):
+    """A file in the way, or a directory the kernel refuses (root ignores permissions, not /proc), was a traceback."""
+    for directory in (root / "qa.jsonl" / "exp", Path("/proc/ptp-experiment")):
+        assert "cannot be written" in user_error(["distill", str(root / "teacher"), str(root / "qa.jsonl"), str(directory),
+                                                  *Q, "--val-examples", "1", "--max-prompt-tokens", "32"], capsys)

@@ -57,6 +57,17 @@ def absolute_if_local(name: str) -> str:
     return os.path.abspath(path) if os.path.exists(path) else name
 
 
+def check_writable(path: Path, what: str) -> None:
+    """A UserError now, not after the work, when directory ``path`` (given as ``what``, e.g. ``--out``)
+    could not be created or written; checked on its nearest existing ancestor, so nothing is created."""
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "a file is in the way" if not existing.is_dir() else "no write permission"
+        raise UserError(f"{what} {str(path)!r} cannot be written ({why} at {existing}): pass a directory you can write to")
+
+
 def _umask() -> int:
     """The process umask (reading it means setting it: set it straight back)."""
     mask = os.umask(0o022)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import asdict
 from importlib import resources
@@ -18,6 +17,7 @@ from ..config import DTYPES, DecodeConfig, SamplingConfig
 from ..default_teacher import DEFAULT_TEACHER
 from ..demo import SHIPPED
 from ..errors import UserError
+from ..io import check_writable
 from ..models import load_teacher
 from ..student import Student
 from .generate import check_order, encode, has_chat_template, load, student_dir
@@ -78,17 +78,6 @@ def load_drafters(args: argparse.Namespace, decode: DecodeConfig, student: Any, 
     return drafters
 
 
-def check_writable(out: Path) -> None:
-    """A UserError now, not after hours of results, when ``out`` could not be created or written
-    (checked on its nearest existing ancestor, so a refused run leaves nothing behind)."""
-    existing = out.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        why = "a file is in the way" if not existing.is_dir() else "no write permission"
-        raise UserError(f"--out {str(out)!r} cannot be written ({why} at {existing}): pass a directory you can write to")
-
-
 def default_questions() -> Path:
     return Path(str(resources.files("ptp") / "assets" / "dev_questions.jsonl"))
 
@@ -108,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # found now, not after the whole benchmark
         raise UserError(f"--out {str(out)!r} is a file: pass a directory for the results")
-    check_writable(out)
+    check_writable(out, "--out")
     if args.mtp and "mtp" in methods:
         student_dir(args.mtp)
     student, tokenizer = load(directory, decode, args.trust_remote_code)

@@ -16,7 +16,7 @@ from ..cli import dataclass_arguments, dataclass_from_args, read_line, stdin_ope
 from ..data import check_columns, check_context, format_fields, is_messages, load_split, text_sequences, turn_pieces
 from ..errors import UserError
 from ..experiment import DATA_MODES, DataConfig, Experiment
-from ..io import absolute_if_local
+from ..io import absolute_if_local, check_writable
 from ..models import load_config, load_tokenizer
 from ..student import MODES
 
@@ -61,8 +61,10 @@ def _default_dir(teacher: str, dataset: str, mode: str) -> Path:
 
 
 def _check_free(directory: Path) -> None:
+    """A UserError unless ``directory`` is new (or empty) and can be written."""
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise UserError(f"{directory} already exists: pass another DIR, or delete it to start over")
+    check_writable(directory, "DIR")
 
 
 def _choose_source(args: argparse.Namespace, rows: Any) -> None:
@@ -157,7 +159,10 @@ def run(args: argparse.Namespace) -> int:
     name = experiment.model.mode + ("-head" if experiment.model.kind == "head" else "")
     directory = Path(args.dir) if args.dir is not None else _default_dir(args.teacher, args.dataset, name)
     _check_free(directory)
-    path = experiment.save(directory)
+    try:
+        path = experiment.save(directory)
+    except OSError as e:  # what permissions do not tell (a read-only file system, a full disk, root in /proc)
+        raise UserError(f"DIR {str(directory)!r} cannot be written ({e.strerror}): pass a directory you can write to") from None
     print(f"wrote {path}")
     if experiment.data.data_mode == "completions":
         print(f"next: ptp pregenerate {directory}   (then ptp train {directory})")
