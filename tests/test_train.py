@@ -261,6 +261,19 @@ def test_export_writes_the_student_of_a_checkpoint(experiment, capsys):
     assert exported.keys() == trained.keys() and all(torch.equal(exported[k], trained[k]) for k in trained)
     assert main(["train", str(experiment), "--export", str(experiment / "nothing.ckpt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # a text file: torch's legacy unpickler raised KeyError, a traceback
+    assert main(["train", str(experiment), "--export", str(experiment / EXPERIMENT_FILE)]) == 2
+    assert "experiment.yaml is damaged or not a ptp training checkpoint" in capsys.readouterr().err
+
+
+def test_a_checkpoint_overwritten_with_text_is_skipped(experiment, capsys):
+    """As truncated ones are; its KeyError in torch's legacy unpickler used to stop every resume."""
+    assert run_train(experiment, "--steps", "4") == 0
+    (experiment / "checkpoints" / "last.ckpt").write_text("hello\n")
+    capsys.readouterr()
+    assert run_train(experiment, "--steps", "6") == 0
+    err = capsys.readouterr().err
+    assert "last.ckpt is damaged or not a ptp training checkpoint" in err and "step-00000004.ckpt at step 4 of 6" in err
 
 
 class RecordRates(Callback):

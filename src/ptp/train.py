@@ -87,6 +87,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         DamagedCheckpoint: truncated, corrupt, foreign or unsafe content.
     """
+    # torch.save writes zip archives; anything else would reach torch's legacy unpickler, whose
+    # errors on a text file (KeyError, ...) are not a damaged file's.
+    if not zipfile.is_zipfile(path):
+        raise DamagedCheckpoint(f"{path} is damaged or not a ptp training checkpoint (not a zip archive)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
