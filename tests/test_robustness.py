@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import signal
 import time
@@ -431,7 +432,7 @@ def test_a_shard_path_outside_the_experiment_is_refused(reference, root, capsys)
         load_shards(directory)
     index["shards"][0]["file"] = 7  # a field of the wrong type
     index_path.write_text(json.dumps(index))
-    with pytest.raises(UserError, match="outside"):
+    with pytest.raises(UserError, match="file is not of type str"):
         load_shards(directory)
 
 
@@ -494,3 +495,30 @@ def test_distill_dir_that_cannot_be_written_is_one_line(root, capsys):
     for directory in (root / "qa.jsonl" / "exp", Path("/proc/ptp-experiment")):
         assert "cannot be written" in user_error(["distill", str(root / "teacher"), str(root / "qa.jsonl"), str(directory),
                                                   *Q, "--val-examples", "1", "--max-prompt-tokens", "32"], capsys)
+
+
+MISTYPED = [("done", "3", "done is not of type int"), ("shards", 5, "shards is not of type list"),
+            ("shards", [3], "shard 0: not a mapping"), ("shards", [{"file": 7}], "shard 0: file is not of type str")]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [*MISTYPED, ("complete", 1, "complete is not of type bool")])
+def test_completions_index_fields_of_the_wrong_type_are_one_line(reference, root, capsys, field, value, message):
+    """index.json shards: 5 or [3] was a TypeError traceback; done: "3" and complete: 1 passed unnoticed."""
+    directory = copy_experiment(reference, root / f"mistyped-{field}-{value}", data=True)
+    index_path = directory / DATA_DIR / INDEX_FILE
+    index_path.write_text(json.dumps({**json.loads(index_path.read_text()), field: value}))
+    for command in ("pregenerate", "train"):
+        assert f"index.json is damaged ({message}): delete its directory" in user_error([command, str(directory), "--no-progress"], capsys)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [*MISTYPED, ("tokens", None, "tokens is not of type int")])
+def test_features_index_fields_of_the_wrong_type_are_one_line(tmp_path, field, value, message):
+    from ptp.features import FeatureShardWriter, load_feature_shards
+
+    directory = tmp_path / "features"
+    FeatureShardWriter(directory, {"layer": 1}).write([(torch.arange(3), torch.zeros(3, 4), torch.zeros(3), torch.ones(3))])
+    index_path = directory / "index.json"
+    index_path.write_text(json.dumps({**json.loads(index_path.read_text()), field: value}))
+    for read in (load_feature_shards, lambda d: FeatureShardWriter(d, {"layer": 1})):
+        with pytest.raises(UserError, match=f"index.json is damaged \\({re.escape(message)}\\)"):
+            read(directory)

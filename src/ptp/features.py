@@ -32,11 +32,13 @@ from torch import nn
 
 from .config import SamplingConfig
 from .errors import UserError
-from .io import inside, write_bytes, write_json
+from .io import index_problem, inside, write_bytes, write_json
 from .sampling import token_interval, warp
 
 FEATURE_FORMAT = "ptp-features-1"
 FEATURE_TENSORS = ("tokens", "offsets", "features", "lo", "hi")
+INDEX_FIELDS = {"format": str, "config": dict, "done": int, "tokens": int, "shards": list}
+SHARD_FIELDS = {"file": str}  # what is read of a shard entry
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -222,8 +224,11 @@ def _read_index(path: Path) -> dict[str, Any]:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is damaged ({e}): delete its directory and extract the features again") from None
-    if not isinstance(index, dict) or index.get("format") != FEATURE_FORMAT or not isinstance(index.get("shards"), list):
+    if not isinstance(index, dict) or index.get("format") != FEATURE_FORMAT:
         raise UserError(f"{path} is not a ptp feature index: delete its directory and extract the features again")
+    problem = index_problem(index, INDEX_FIELDS, SHARD_FIELDS)
+    if problem:
+        raise UserError(f"{path} is damaged ({problem}): delete its directory and extract the features again")
     return index
 
 

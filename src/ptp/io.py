@@ -44,6 +44,31 @@ def inside(directory: str | os.PathLike, name: Any, what: str) -> Path:
     return path
 
 
+def index_problem(index: dict[str, Any], fields: dict[str, type], shard_fields: dict[str, type]) -> str | None:
+    """What is wrong with the fields of a shard index (``index.json``), e.g. ``no done, shards`` or
+    ``shard 3: file is not of type str``; None when they and every entry of ``shards`` have their types."""
+    missing = sorted(set(fields) - set(index))
+    if missing:
+        return f"no {', '.join(missing)}"
+    problem = _mistyped(index, fields)
+    if problem:
+        return problem
+    for number, shard in enumerate(index["shards"]):
+        problem = _mistyped(shard, shard_fields) if isinstance(shard, dict) else "not a mapping"
+        if problem:
+            return f"shard {number}: {problem}"
+    return None
+
+
+def _mistyped(entry: dict[str, Any], fields: dict[str, type]) -> str | None:
+    for name, kind in fields.items():
+        value = entry.get(name)
+        # JSON true is a Python int too, but no count is a bool
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"{name} is not of type {kind.__name__}"
+    return None
+
+
 def looks_like_path(name: str) -> bool:
     """Whether ``name`` can only mean a local path (absolute, or starting with ``.`` or ``~``), never a Hub id."""
     return os.path.isabs(name) or name.startswith((".", "~"))

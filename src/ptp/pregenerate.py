@@ -61,7 +61,7 @@ from .errors import UserError
 from .hf_cache import cache_kwarg, output_cache
 from .experiment import Experiment
 from .locks import experiment_lock
-from .io import inside, remove_stale_temps, write_bytes, write_json
+from .io import index_problem, inside, remove_stale_temps, write_bytes, write_json
 from .generate import eos_token_ids
 from .models import load_teacher, load_tokenizer
 from .sampling import draw_uniform, pick, token_interval, warp
@@ -69,7 +69,8 @@ from .sampling import draw_uniform, pick, token_interval, warp
 DATA_DIR = "data"
 INDEX_FILE = "index.json"
 SHARD_FORMAT = "ptp-completions-1"
-INDEX_KEYS = {"format", "config", "num_examples", "done", "complete", "shards"}
+INDEX_FIELDS = {"format": str, "config": dict, "num_examples": int, "done": int, "complete": bool, "shards": list}
+SHARD_FIELDS = {"file": str}  # what is read of a shard entry
 SHARD_TENSORS = {"tokens", "offsets", "prompt_lens", "examples", "lo", "hi"}
 # Candidate counts tried per row before warp's full sort: a top-p set rarely needs more than 64.
 CANDIDATES = (64, 1024)
@@ -629,9 +630,9 @@ def _load_json(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is damaged ({e}): delete its directory and rerun ptp pregenerate") from None
     if not isinstance(index, dict) or index.get("format") != SHARD_FORMAT:
         raise UserError(f"{path} is not a ptp pregeneration index: delete its directory and rerun ptp pregenerate")
-    missing = sorted(INDEX_KEYS - set(index))
-    if missing:
-        raise UserError(f"{path} is damaged (no {', '.join(missing)}): delete its directory and rerun ptp pregenerate")
+    problem = index_problem(index, INDEX_FIELDS, SHARD_FIELDS)
+    if problem:
+        raise UserError(f"{path} is damaged ({problem}): delete its directory and rerun ptp pregenerate")
     return index
 
 
