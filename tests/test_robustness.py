@@ -522,3 +522,22 @@ def test_features_index_fields_of_the_wrong_type_are_one_line(tmp_path, field, v
     for read in (load_feature_shards, lambda d: FeatureShardWriter(d, {"layer": 1})):
         with pytest.raises(UserError, match=f"index.json is damaged \\({re.escape(message)}\\)"):
             read(directory)
+
+
+def test_stdout_to_a_closed_pipe_or_a_full_device_is_one_line(root):
+    """ptp generate ... | head -c1 and > /dev/full were a BrokenPipeError / OSError traceback."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "ptp.cli", "generate", str(root / "student"), "the cat", "--max-new-tokens", "8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    closed = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    closed.stdout.close()  # the reader is gone before the first token
+    errors = {"closed pipe": (closed.wait(), closed.stderr.read().decode())}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, env=env, text=True)
+    errors["full device"] = (done.returncode, done.stderr)
+    for what, (code, err) in errors.items():
+        assert code == 2 and "Traceback" not in err and "Exception ignored" not in err, (what, err)
+        assert err.strip().splitlines()[-1].startswith("ptp generate: error: "), (what, err)
+    assert "broken pipe" in errors["closed pipe"][1] and "No space left on device" in errors["full device"][1]

@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import errno
 import importlib
 import importlib.util
 import inspect
+import os
 import re
 import sys
 import types
@@ -187,6 +189,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # The command is the first positional (``ptp`` itself has no option that takes a value).
     command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        return _main(argv, command)
+    except OSError as e:  # stdout into a closed pipe (ptp generate ... | head -c1) or a full device
+        if e.errno not in (errno.EPIPE, errno.ENOSPC):
+            raise
+        print(f"ptp {command}: error: {_unwritable(e)}", file=sys.stderr)
+        _drop_stdout()
+        return 2
+
+
+def _unwritable(error: OSError) -> str:
+    if error.errno == errno.EPIPE:
+        return "stdout was closed before the output ended (broken pipe): read all of it, or redirect it to a file"
+    where = repr(error.filename) if error.filename else "the output"
+    return f"cannot write {where} ({error.strerror}): free space there, or redirect stdout elsewhere"
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit cannot fail (and print) again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError):  # replaced by a stream without a file (io.UnsupportedOperation)
+        return
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+
+
+def _main(argv: list[str], command: str | None) -> int:
     try:
         parser = build_parser(command if command in COMMANDS else None)
     except UserError as e:
