@@ -541,3 +541,21 @@ def test_stdout_to_a_closed_pipe_or_a_full_device_is_one_line(root):
         assert code == 2 and "Traceback" not in err and "Exception ignored" not in err, (what, err)
         assert err.strip().splitlines()[-1].startswith("ptp generate: error: "), (what, err)
     assert "broken pipe" in errors["closed pipe"][1] and "No space left on device" in errors["full device"][1]
+
+
+def test_bench_skips_a_turn_past_the_context_and_keeps_the_rest(root, tmp_path, capsys):
+    """A second turn past the tiny teacher's 512 tokens used to end the run with an error, every result lost."""
+    long = " ".join(["the cat sat on the mat"] * 90)  # about 540 tokens
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in [
+        {"question_id": 1, "category": "a", "turns": ["the cat", long, "the dog"]},
+        {"question_id": 2, "category": "b", "turns": ["the dog ran"]}]))
+    out = tmp_path / "out"
+    assert main(["bench", str(root / "student"), "--questions", str(questions), "--methods", "ar", "verify",
+                 "--max-new-tokens", "8", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_turns"] == [[1, 2], [1, 3]] and "Skipped 2 turn(s)" in capsys.readouterr().out
+    metrics = summary["metrics"]
+    assert metrics["verify"]["overall"]["tokens"] == metrics["ar"]["overall"]["tokens"] > 0 and summary["lossless"]["verify"] == 0
+    answers = [json.loads(line) for line in (out / "verify.jsonl").read_text().splitlines()]
+    assert [len(a["choices"][0]["turns"]) for a in answers] == [1, 1]

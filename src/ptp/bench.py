@@ -28,7 +28,7 @@ import torch
 
 from .config import SamplingConfig
 from .errors import UserError
-from .generate import cost_curve_for, generate
+from .generate import context_limit, cost_curve_for, generate
 from .io import atomic_path, check_utf8, write_json, write_text
 from .sampling import draw_uniform
 
@@ -86,6 +86,7 @@ class BenchResult:
     # tallies[run][method][category]
     tallies: list[dict[str, dict[str, Tally]]] = field(default_factory=list)
     mismatches: dict[str, set] = field(default_factory=lambda: defaultdict(set))  # method -> {(qid, turn)}
+    skipped: set = field(default_factory=set)  # {(qid, turn)} not asked: past the teacher's context
 
 
 # ---------------------------------------------------------------- questions
@@ -238,6 +239,9 @@ def run_bench(models: Models, tokenizer: Any, questions: list[dict], methods: li
                 for method in methods:
                     result.answers[method].append(answer_record(q, answers[method], tokenizer, model_id, method))
         result.tallies.append(tallies)
+    if OVERALL not in result.tallies[0]["ar"]:
+        raise UserError(f"no question's first turn + --max-new-tokens {max_new_tokens} fits the teacher's context of "
+                        f"{context_limit(models.student)} tokens: lower --max-new-tokens or pass shorter questions")
     return result
 
 
@@ -254,9 +258,16 @@ def ask(models: Models, tokenizer: Any, q: dict, methods: list[str], sampling: S
     """All turns of one question for every method; ``ar``'s answer becomes the chat history."""
     messages: list[dict[str, str]] = []
     answers: dict[str, list[Turn]] = {m: [] for m in methods}
+    limit = context_limit(models.student)
     for index, text in enumerate(q["turns"]):
         messages.append({"role": "user", "content": text})
         ids = encode(tokenizer, messages)
+        if limit is not None and ids.numel() + max_new_tokens > limit:
+            # Skipped with the turns after it (they follow its answer); the answers so far are kept.
+            result.skipped.update((q["question_id"], later) for later in range(index, len(q["turns"])))
+            if progress is not None:
+                progress.update(len(q["turns"]) - index)
+            break
         u = turn_u(seed, q["question_id"], index, max_new_tokens)
         hf_seed = zlib.crc32(f"hf:{seed}:{q['question_id']}:{index}".encode())
         for method in methods:
@@ -348,6 +359,9 @@ def summarize(result: BenchResult, config: dict[str, Any]) -> dict[str, Any]:
         "lossless": {m: len(result.mismatches.get(m, ())) for m in result.methods if m not in HF_METHODS and m != "ar"},
         "lossless_note": "answers (question, turn) whose tokens differ from ar's with the same u; "
                          f"{', '.join(HF_METHODS)} are excluded (they sample with transformers' own randomness)",
+        "skipped_turns": [[qid, turn + 1] for qid, turn in sorted(result.skipped, key=lambda k: (str(k[0]), k[1]))],
+        "skipped_note": "[question_id, turn (from 1)] not asked: the chat up to that turn plus max_new_tokens exceeds "
+                        "the teacher's context (later turns of a question follow from its answer)",
     }
 
 
@@ -370,6 +384,8 @@ def markdown(summary: dict[str, Any]) -> str:
     lines += ["", f"MAT: mean accepted tokens per target call (plain decoding = 1.00). tokens/s and speedups: "
                   f"mean ± std over {runs} run(s). {OVERALL}: all turns pooled; {TASK_AVERAGE}: the mean over "
                   f"categories, each counting the same. 'differs from ar': {summary['lossless_note']}."]
+    if summary["skipped_turns"]:
+        lines += ["", f"Skipped {len(summary['skipped_turns'])} turn(s) {summary['skipped_turns']}: {summary['skipped_note']}."]
     return "\n".join(lines) + "\n"
 
 

@@ -214,6 +214,12 @@ def make_proposer(model: Any, strategy: str, max_rows: int | None = None, cost: 
     raise UserError(f"strategy={strategy!r} is invalid: use one of {', '.join(STRATEGIES)}")
 
 
+def context_limit(model: Any) -> int | None:
+    """The teacher's context in tokens (None when its config does not say)."""
+    inner = base_model(model)
+    return getattr(inner.config, "max_position_embeddings", None) or getattr(inner.config, "n_positions", None)
+
+
 def measure_cost_curve(model: Any, context: int = 128) -> CostCurve:
     """Relative cost t(k)/t(1) of calls over k new rows after ``context`` cached tokens."""
     model = verifier(model)
@@ -240,8 +246,7 @@ def _check_inputs(model: Any, input_ids: torch.Tensor, max_new_tokens: int, u: t
         raise UserError("input_ids is empty: pass a non-empty prompt")
     if int(max_new_tokens) <= 0:
         raise UserError(f"max_new_tokens={max_new_tokens!r} is invalid: use an integer >= 1")
-    inner = base_model(model)
-    limit = getattr(inner.config, "max_position_embeddings", None) or getattr(inner.config, "n_positions", None)
+    limit = context_limit(model)
     if limit is not None and ids.numel() + max_new_tokens > limit:
         raise UserError(
             f"prompt ({ids.numel()} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context of {limit}: shorten the prompt or lower max_new_tokens"
