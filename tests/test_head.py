@@ -19,9 +19,9 @@ PROMPT = torch.tensor([0, 5, 9, 12, 7, 3, 22, 8])
 
 
 def make_head(arch: str = "llama", mode: str = "o-ptp", init: str = "teacher", dtype=torch.float32, scale: float = 0.0,
-              vocab_ids: torch.Tensor | None = None, num_draft: int = 4) -> HeadStudent:
+              vocab_ids: torch.Tensor | None = None, num_draft: int = 4, autoregressive: bool = False) -> HeadStudent:
     head = Student.from_teacher(tiny_teacher(arch, dtype=dtype), kind="head", mode=mode, num_draft_tokens=num_draft,
-                                num_layers=1, init=init, vocab_ids=vocab_ids)
+                                num_layers=1, init=init, vocab_ids=vocab_ids, autoregressive=autoregressive)
     if scale:
         gen = torch.Generator().manual_seed(3)
         with torch.no_grad():
@@ -32,9 +32,9 @@ def make_head(arch: str = "llama", mode: str = "o-ptp", init: str = "teacher", d
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-@pytest.mark.parametrize("mode", ["o-ptp", "c-ptp", "mtp"])
-def test_head_decoding_equals_teacher_samples(arch, mode):
-    head = make_head(arch, mode, scale=0.3)
+@pytest.mark.parametrize(("mode", "autoregressive"), [("o-ptp", False), ("c-ptp", False), ("mtp", False), ("mtp", True), ("o-ptp", True)])
+def test_head_decoding_equals_teacher_samples(arch, mode, autoregressive):
+    head = make_head(arch, mode, scale=0.3, autoregressive=autoregressive)
     for i, sampling in enumerate(CONFIGS):
         u = torch.rand(24, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
         expected = reference_tokens(head.model, PROMPT, u, sampling)
@@ -79,6 +79,21 @@ def test_head_with_accepted_drafts_stays_exact(monkeypatch):
     out = generate(head, PROMPT, 30, sampling=sampling, u=u, cost=CostCurve())  # the prior curve: no timing decides
     assert out.tokens.tolist() == truth
     assert out.tokens_per_call > 2.0
+
+
+def test_autoregressive_head_decodes_what_training_scores():
+    """An autoregressive head's decoding (one call per token, fed its own drafts) computes the rows
+    training computes on the same tokens: its drafts are the argmaxes of ``windows``' logits."""
+    head = make_head(autoregressive=True, scale=0.5, num_draft=4, dtype=torch.float64)
+    with torch.no_grad(), capture_layer_input(head.model, head.feature_layer) as captured:
+        head.model(input_ids=PROMPT.unsqueeze(0))
+    features, i = captured[0][0], PROMPT.numel() - 1  # the bonus token is the prompt's last
+    u = torch.rand(4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    drafts, _, _ = head.draft(features[:i], features[i - 1], int(PROMPT[i]), u, None, 0)
+    tokens = torch.cat([PROMPT, drafts, torch.zeros(2, dtype=torch.long)]).unsqueeze(0)
+    padded = torch.cat([features, torch.zeros(6, features.shape[1], dtype=features.dtype)]).unsqueeze(0)
+    logits = head.windows(padded, tokens, torch.tensor([[i]]), u.view(1, 1, 4))
+    assert torch.equal(head.vocab_ids[logits[0, 0].argmax(-1)], drafts)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

@@ -74,14 +74,19 @@ def experiment(pregenerated, tmp_path) -> Path:
 
 def test_distill_records_the_head_and_old_files_load_as_lora(assets, pregenerated, tmp_path):
     raw = yaml.safe_load((pregenerated / EXPERIMENT_FILE).read_text())
-    assert {k: raw["model"][k] for k in ("kind", "num_layers", "init", "draft_vocab")} == \
-        {"kind": "head", "num_layers": 1, "init": "teacher", "draft_vocab": 0}
+    head_keys = ("kind", "num_layers", "init", "autoregressive", "draft_vocab")
+    assert {k: raw["model"][k] for k in head_keys} == \
+        {"kind": "head", "num_layers": 1, "init": "teacher", "autoregressive": False, "draft_vocab": 0}
     assert Experiment.load(pregenerated).to_dict() == raw
+    old = tmp_path / "old"
+    old.mkdir()
+    # A head experiment written before autoregressive heads existed: a slot head.
+    del raw["model"]["autoregressive"]
+    (old / EXPERIMENT_FILE).write_text(yaml.safe_dump(raw))
+    assert Experiment.load(old).model.autoregressive is False
     # An experiment.yaml written before heads existed has none of these keys: a LoRA student.
     for key in ("kind", "num_layers", "init", "draft_vocab"):
         del raw["model"][key]
-    old = tmp_path / "old"
-    old.mkdir()
     (old / EXPERIMENT_FILE).write_text(yaml.safe_dump(raw))
     model = Experiment.load(old).model
     assert model.kind == "lora" and model.num_layers is None
@@ -190,6 +195,31 @@ def test_train_head_lowers_the_loss_and_exports_a_lossless_student(experiment, c
     assert main(["train", str(experiment), "--export"]) == 0
     exported = student_weights(experiment)
     assert exported.keys() == weights.keys() and all(torch.equal(exported[k], weights[k]) for k in weights)
+
+
+def test_a_head_starts_from_a_pretrained_head(assets, experiment, tmp_path, capsys, monkeypatch):
+    """--init DIR: a new head (here autoregressive MTP) starts from a trained head's weights and
+    draft vocabulary, stored as an absolute path; anything but a head's directory is one line."""
+    text = (experiment / EXPERIMENT_FILE).read_text()
+    (experiment / EXPERIMENT_FILE).write_text(text.replace("draft_vocab: 0", "draft_vocab: 12"))
+    assert train(experiment, optim={"steps": 2}, progress=False).status == "done"
+    pretrained = Student.from_pretrained(experiment / "student")
+
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "fine-tune"
+    relative = os.path.relpath(experiment / "student", tmp_path)
+    assert distill(assets, target, *HEAD, *RUN, "--init", relative, "--mode", "mtp", "--autoregressive") == 0
+    model = Experiment.load(target).model
+    assert model.init == str((experiment / "student").resolve()) and model.autoregressive is True
+    head = build_student(Experiment.load(target), pretrained.model)
+    assert head.config.autoregressive and head.mode == "mtp" and torch.equal(head.vocab_ids, pretrained.vocab_ids)
+    ours, theirs = head.trainable_state_dict(), pretrained.trainable_state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    capsys.readouterr()
+    assert distill(assets, tmp_path / "bad", *HEAD, "--init", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "init=" in err and "directory of a trained head" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_draft_vocabulary_is_built_from_the_training_features(experiment):

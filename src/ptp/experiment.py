@@ -19,8 +19,8 @@ import yaml
 from .config import SamplingConfig, config_from_dict
 from .errors import UserError
 from .io import write_text
-from .head import HeadConfig
-from .student import StudentConfig
+from .head import INITS as HEAD_INITS, HeadConfig
+from .student import CONFIG_NAME, StudentConfig
 
 EXPERIMENT_FILE = "experiment.yaml"
 DATA_MODES = ("completions", "text", "inverse")
@@ -35,6 +35,14 @@ LOSSES_BY_MODE = {"o-ptp": ("ce", "bce"), "c-ptp": ("ce", "kl", "rev-kl"), "mtp"
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def _head_directory(path: str) -> str:
+    """A head's directory given as ``init``, made absolute (the experiment may run from elsewhere)."""
+    directory = Path(path).expanduser()
+    _check((directory / CONFIG_NAME).is_file(),
+           f"init={path!r} is invalid: use teacher, fresh or the directory of a trained head (with {CONFIG_NAME})")
+    return str(directory.resolve())
 
 
 @dataclass
@@ -128,8 +136,11 @@ class ModelConfig:
             (a K-layer draft head on the teacher's hidden states, trained from cached features).
         num_layers: K, decoder layers of a head (``kind: head``; default 2); it reads the teacher's
             states entering layer L - K.
-        init: a head's layers: ``teacher`` (copies of the teacher's last K) or ``fresh``
-            (``kind: head``; default teacher).
+        init: a head's layers: ``teacher`` (copies of the teacher's last K), ``fresh``, or the
+            directory of a trained head to start from, its weights and draft vocabulary (e.g.
+            pretrained on dataset text; ``kind: head``; default teacher).
+        autoregressive: a head that drafts one token per call, fed its own drafts (the
+            autoregressive baseline; ``kind: head``; default false).
         draft_vocab: a head's output vocabulary, the this many most frequent training tokens; 0 is
             the teacher's whole vocabulary (``kind: head``; default 0).
     """
@@ -147,6 +158,7 @@ class ModelConfig:
     kind: str = "lora"
     num_layers: int | None = None
     init: str | None = None
+    autoregressive: bool | None = None
     draft_vocab: int | None = None
 
     def __post_init__(self) -> None:
@@ -157,12 +169,14 @@ class ModelConfig:
             self.lora_alpha = 2.0 * self.lora_rank
         self.lora_alpha = float(self.lora_alpha)
         self.student_config()  # the student's own checks
-        head_options = ("num_layers", "init", "draft_vocab")
+        head_options = ("num_layers", "init", "autoregressive", "draft_vocab")
         if self.kind == "head":
             for name in head_options:  # unset: the head's own default
                 if getattr(self, name) is None:
                     setattr(self, name, getattr(HeadConfig, name))
             self.head_config()  # the head's own checks
+            if self.init not in HEAD_INITS:
+                self.init = _head_directory(self.init)
         else:
             given = [name for name in head_options if getattr(self, name) is not None]
             _check(not given, f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of kind head: "
@@ -183,7 +197,8 @@ class ModelConfig:
     def head_config(self) -> HeadConfig:
         """The draft head's configuration (``kind: head``)."""
         return HeadConfig(mode=self.mode, num_draft_tokens=self.num_draft_tokens, num_layers=int(self.num_layers),
-                          init=str(self.init), draft_vocab=int(self.draft_vocab), aux_embedding=self.aux_embedding,
+                          init=str(self.init), autoregressive=bool(self.autoregressive), draft_vocab=int(self.draft_vocab),
+                          aux_embedding=self.aux_embedding,
                           aux_dim=self.aux_dim, teacher=self.teacher)
 
 

@@ -23,6 +23,13 @@ Training sees exactly these rows (``windows``, with ``ptp.masks.training_layout`
 bonus row and slots see only the context before it), so there is no exposure bias and nothing
 to unroll. Output goes through the teacher's final norm and output layer, optionally restricted
 to a draft vocabulary of frequent tokens (``vocab_ids``); a true token outside it is a miss.
+
+An *autoregressive* head (``autoregressive=True``, the EAGLE-1-style baseline of the same size)
+replaces the slots by token rows: row k (k >= 1) fuses the previous row's input, the embedding of
+``t_{i+k}`` and its u exactly as the bonus row does, so it needs the token before the one it
+predicts. Training feeds the true tokens (all rows in one call); decoding feeds the head's own
+drafts, one head call per token. Only drafts after an accepted prefix can be accepted, so the
+true-token rows of training are the ones that matter.
 """
 
 from __future__ import annotations
@@ -45,9 +52,10 @@ from .features import capture_layer_input, decoder_layers, run_until_captured
 from .hf_cache import cache_kwarg, output_cache
 from .io import write_bytes, write_json
 from .masks import additive_mask, training_layout
-from .student import CONFIG_NAME, WEIGHTS_NAME, StudentBase, check_draft_config, draft_tokens, slot_u, teacher_signature
+from .student import (CONFIG_NAME, WEIGHTS_NAME, StudentBase, check_draft_config, draft_tokens, read_student_config, slot_u,
+                      teacher_signature)
 
-INITS = ("teacher", "fresh")
+INITS = ("teacher", "fresh")  # or a head's directory, whose weights a new head starts from
 DRAFT_CANDIDATES = 64  # tokens a C-PTP / MTP slot picks among while decoding
 
 
@@ -60,8 +68,12 @@ class HeadConfig:
         mode: ``o-ptp``, ``c-ptp`` or ``mtp`` (see ``ptp.student``).
         num_draft_tokens: N, slots per head call (tokens proposed per teacher call).
         num_layers: K, decoder layers of the head; it reads the teacher's states entering layer L - K.
-        init: ``teacher`` (copies of the teacher's last K layers, option (b)) or ``fresh``
-            (randomly initialised layers of the same architecture, EAGLE-style option (a)).
+        init: ``teacher`` (copies of the teacher's last K layers, option (b)), ``fresh``
+            (randomly initialised layers of the same architecture, EAGLE-style option (a)), or
+            the directory of a head whose weights and draft vocabulary this one started from
+            (e.g. pretrained on dataset text, then fine-tuned on teacher completions).
+        autoregressive: draft one token per head call from token rows fed the head's own drafts
+            (the autoregressive baseline) instead of N slots in one call.
         draft_vocab: size of the draft vocabulary (the most frequent training tokens); 0 = all.
         aux_embedding: embedding of u, ``FEATURE+HEAD`` (App. C.1).
         aux_dim: features of the auxiliary embedding.
@@ -75,6 +87,7 @@ class HeadConfig:
     num_draft_tokens: int = 8
     num_layers: int = 2
     init: str = "teacher"
+    autoregressive: bool = False
     draft_vocab: int = 0
     aux_embedding: str = "ar+lin"
     aux_dim: int = 32
@@ -88,7 +101,7 @@ class HeadConfig:
         check_draft_config(self, "head config")
         checks = [
             (int(self.num_layers) >= 1, f"num_layers={self.num_layers!r} is invalid: use an integer >= 1"),
-            (self.init in INITS, f"init={self.init!r} is invalid: use one of {', '.join(INITS)}"),
+            (isinstance(self.init, str) and bool(self.init), f"init={self.init!r} is invalid: use one of {', '.join(INITS)} or a head's directory"),
             (int(self.draft_vocab) >= 0, f"draft_vocab={self.draft_vocab!r} is invalid: use 0 (all) or a size >= 1"),
             (int(self.aux_dim) >= 1, f"aux_dim={self.aux_dim!r} is invalid: use an integer >= 1"),
         ]
@@ -163,7 +176,7 @@ class HeadStudent(StudentBase):
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.feature_layer = len(decoder_layers(teacher)) - config.num_layers
-        self.body = _build_body(teacher, config.num_layers, config.init)
+        self.body = _build_body(teacher, config.num_layers, "fresh" if config.init == "fresh" else "teacher")
         for p in self.body.parameters():
             p.requires_grad_(True)
         embed = teacher.get_input_embeddings().weight
@@ -206,6 +219,14 @@ class HeadStudent(StudentBase):
         emb = self.model.get_input_embeddings()(tokens)
         return self.lift_token(previous.to(emb.dtype), emb, self.aux(u).to(emb.dtype))
 
+    def token_rows(self, first: torch.Tensor, tokens: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """An autoregressive head's window inputs: ``(..., H)`` bonus-row inputs, ``(..., N - 1)``
+        tokens ``t_{i+1} ..`` and row u -> ``(..., N, H)``; each row fuses the row before it."""
+        rows = [first]
+        for k in range(tokens.shape[-1]):
+            rows.append(self.bonus_rows(rows[-1], tokens[..., k], u[..., k]))
+        return torch.stack(rows, dim=-2)
+
     def slot_rows(self, u: torch.Tensor) -> torch.Tensor:
         """``(...)`` slot u (NaN: none) -> ``(..., H)`` slot inputs."""
         return self.lift_slot(self.aux(u))
@@ -247,8 +268,12 @@ class HeadStudent(StudentBase):
         batch = torch.arange(b, device=features.device)[:, None]
         row_u = slot_u(self.mode, u)  # (B, W, N)
         bonus = self.bonus_rows(features[batch, starts - 1], tokens[batch, starts], row_u[..., 0])  # (B, W, H)
-        slots = self.slot_rows(row_u[..., 1:])  # (B, W, N - 1, H)
-        windows = torch.cat([bonus.unsqueeze(2), slots.to(bonus.dtype)], dim=2).reshape(b, w * n, -1)
+        if self.config.autoregressive:
+            later = tokens[batch[..., None], starts[..., None] + torch.arange(1, n, device=starts.device)]  # (B, W, N - 1)
+            windows = self.token_rows(bonus, later, row_u[..., 1:]).reshape(b, w * n, -1)
+        else:
+            slots = self.slot_rows(row_u[..., 1:])  # (B, W, N - 1, H)
+            windows = torch.cat([bonus.unsqueeze(2), slots.to(bonus.dtype)], dim=2).reshape(b, w * n, -1)
         rows = torch.cat([features.to(windows.dtype), windows], dim=1)
         visible, positions, _ = training_layout(t, starts.cpu(), n)
         out = self._body(rows, attention_mask=additive_mask(visible.to(rows.device), rows.dtype),
@@ -273,13 +298,38 @@ class HeadStudent(StudentBase):
         n = u.shape[0]
         row_u = slot_u(self.mode, u).to(self.device)
         bonus_row = self.bonus_rows(previous.unsqueeze(0), torch.tensor([bonus], device=self.device), row_u[:1])
+        if self.config.autoregressive:
+            return self._draft_autoregressive(context.to(bonus_row.dtype), bonus_row, u, row_u, cache, past)
         slots = self.slot_rows(row_u[1:])
         rows = torch.cat([context.to(bonus_row.dtype), bonus_row, slots.to(bonus_row.dtype)]).unsqueeze(0)
         positions = torch.arange(past, past + rows.shape[1], device=self.device).unsqueeze(0)
         out = self._body(rows, position_ids=positions, use_cache=True, **{cache_kwarg(self.body): cache})
         cache = output_cache(out)
         cache.crop(-n)  # keep context rows only: the bonus row comes back as context next time
-        logits = self.logits(out.last_hidden_state[0, -n:])
+        tokens, confidence = self._pick(self.logits(out.last_hidden_state[0, -n:]), u)
+        return tokens, confidence, cache
+
+    def _draft_autoregressive(self, context: torch.Tensor, row: torch.Tensor, u: torch.Tensor, row_u: torch.Tensor,
+                              cache: Any, past: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """``draft`` of an autoregressive head: one call per token, each row fed the draft before it."""
+        n, rows, start = u.shape[0], torch.cat([context, row]), past
+        tokens, confidence = [], []
+        for k in range(n):
+            positions = torch.arange(start, start + rows.shape[0], device=self.device).unsqueeze(0)
+            out = self._body(rows.unsqueeze(0), position_ids=positions, use_cache=True, **{cache_kwarg(self.body): cache})
+            cache = output_cache(out)
+            token, conf = self._pick(self.logits(out.last_hidden_state[0, -1:]), u[k : k + 1])
+            tokens.append(token)
+            confidence.append(conf)
+            start += rows.shape[0]
+            if k + 1 < n:
+                row = rows = self.bonus_rows(row, token, row_u[k + 1 : k + 2])
+        cache.crop(-n)  # keep context rows only, as draft's
+        return torch.cat(tokens), torch.cat(confidence), cache
+
+    def _pick(self, logits: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n, V')`` row logits and ``(n,)`` u -> draft token ids ``(n,)`` and the head's
+        probability of each ``(n,)`` float64."""
         if self.mode != "o-ptp":
             # Pick among the most likely candidates only: a full float64 sort of the draft
             # vocabulary per slot cost as much as the rest of the call; a draft that differs
@@ -288,9 +338,17 @@ class HeadStudent(StudentBase):
             logits = torch.full_like(logits, float("-inf")).scatter(-1, top.indices, top.values)
         index = draft_tokens(self.mode, logits, u, self.sampling.order)
         logp = logits.float().log_softmax(-1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
-        return self.vocab_ids[index], logp.exp().to(torch.float64), cache
+        return self.vocab_ids[index], logp.exp().to(torch.float64)
 
     # ---------------------------------------------------------------- persistence
+    @torch.no_grad()
+    def copy_weights(self, other: "HeadStudent") -> None:
+        """Take ``other``'s trained weights (a head of the same shape; its mode and N may differ)."""
+        theirs = dict(other.named_parameters())
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                p.copy_(theirs[name])
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The head's weights and its draft vocabulary (never the teacher's)."""
         state = {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
@@ -331,6 +389,17 @@ class HeadStudent(StudentBase):
                 if k != "vocab_ids":
                     params[k].copy_(v)
         return head
+
+
+def pretrained_head(directory: str | Path, teacher: nn.Module, num_layers: int) -> HeadStudent:
+    """The trained head in ``directory`` that a new head of ``num_layers`` layers starts from."""
+    data = read_student_config(directory)
+    if data.get("kind") != "head":
+        raise UserError(f"init={str(directory)!r} is not a draft head's directory: pass one written by ptp train for --kind head")
+    head = HeadStudent.from_config_dict(data, Path(directory), teacher)
+    if head.config.num_layers != num_layers:
+        raise UserError(f"init={str(directory)!r} is a head of {head.config.num_layers} layers: pass --num-layers {head.config.num_layers}")
+    return head
 
 
 def _check_signature(config: HeadConfig, teacher: nn.Module, directory: Path) -> None:

@@ -123,6 +123,21 @@ def draft_tokens(mode: str, logits: torch.Tensor, u: torch.Tensor, order: str = 
     return pick(u.to(logits.device), logits.to(torch.float64).softmax(-1), order)
 
 
+def read_student_config(directory: str | Path) -> dict[str, Any]:
+    """The JSON object of ``directory/ptp_student.json`` (a UserError if missing or unreadable)."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise UserError(f"{directory} is not a student directory (no {CONFIG_NAME}): pass a directory written by ptp train")
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{config_path} is not valid JSON ({e}): restore it or re-save the student") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{config_path} must hold a JSON object: restore it or re-save the student")
+    return data
+
+
 def teacher_signature(teacher: nn.Module) -> dict[str, Any]:
     """Architecture facts a saved student must match: type, vocabulary and width."""
     emb = teacher.get_input_embeddings().weight
@@ -316,14 +331,7 @@ class Student(StudentBase):
         """
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise UserError(f"{directory} is not a student directory (no {CONFIG_NAME}): pass a directory written by ptp train")
-        try:
-            data = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{config_path} is not valid JSON ({e}): restore it or re-save the student") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{config_path} must hold a JSON object: restore it or re-save the student")
+        data = read_student_config(directory)
         if data.get("kind") == "head":
             from .head import HeadStudent
 
