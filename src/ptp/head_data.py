@@ -90,13 +90,15 @@ def write_features(directory: str | Path, device: torch.device | str = "cpu", ba
     with tqdm(total=len(examples), initial=start, unit="seq", desc="features", disable=not progress) as bar:
         for first in range(start, len(examples), shard_size):
             shard = examples[first : first + shard_size]
-            rows = []
-            for b in range(0, len(shard), batch_size):
-                batch = shard[b : b + batch_size]
-                features = completion_features(teacher, [e["tokens"].tolist() for e in batch], layer)
-                rows += [(e["tokens"], f, e["lo"], e["hi"]) for e, f in zip(batch, features)]
+            features: list[torch.Tensor | None] = [None] * len(shard)
+            # Batches of similar lengths: right padding to a batch's longest costs compute for nothing.
+            order = sorted(range(len(shard)), key=lambda j: len(shard[j]["tokens"]))
+            for b in range(0, len(order), batch_size):
+                batch = order[b : b + batch_size]
+                for j, f in zip(batch, completion_features(teacher, [shard[j]["tokens"].tolist() for j in batch], layer)):
+                    features[j] = f
                 bar.update(len(batch))
-            writer.write(rows)
+            writer.write([(e["tokens"], f, e["lo"], e["hi"]) for e, f in zip(shard, features)])
     return {"sequences": writer.done, "tokens": int(writer.index["tokens"]), "new_sequences": writer.done - start}
 
 
