@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import DistilBertConfig, DistilBertModel
 
-from ptp import Student, UserError
+from ptp import SamplingConfig, Student, UserError
 from ptp.cli import main
 from ptp.experiment import EXPERIMENT_FILE
 from ptp.models import load_config, load_teacher, load_tokenizer
@@ -559,3 +560,76 @@ def test_bench_skips_a_turn_past_the_context_and_keeps_the_rest(root, tmp_path, 
     assert metrics["verify"]["overall"]["tokens"] == metrics["ar"]["overall"]["tokens"] > 0 and summary["lossless"]["verify"] == 0
     answers = [json.loads(line) for line in (out / "verify.jsonl").read_text().splitlines()]
     assert [len(a["choices"][0]["turns"]) for a in answers] == [1, 1]
+
+
+# ---------------------------------------------------------------- student options that cannot train
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--aux-dim", "0"], "aux_dim=0 is invalid: use an integer >= 1"),
+    (["--aux-dim", "-1"], "aux_dim=-1 is invalid"),
+    (["--lora-targets", "nothing"], "lora_targets=['nothing'] match no linear layer of the teacher: name module suffixes it has (e.g."),
+])
+def test_distill_refuses_student_options_that_cannot_train(root, tmp_path, capsys, flags, message):
+    """--aux-dim 0 was a ZeroDivisionError and --lora-targets nothing a ValueError, both in ptp train, after distill accepted them."""
+    argv = ["distill", str(root / "teacher"), str(root / "qa.jsonl"), str(tmp_path / "exp"), "--val-examples", "1", *Q,
+            "--completion-tokens", "8", "--max-prompt-tokens", "32", *flags]
+    assert message in user_error(argv, capsys)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_empty_lora_targets_in_yaml_and_bad_student_configs_are_one_line(experiment, root, tmp_path, capsys):
+    directory = copy_experiment(experiment, tmp_path / "no-targets")
+    edit_experiment(directory, "model", lora_targets=[])
+    assert "lora_targets=[] is invalid: name module suffixes" in user_error(["train", str(directory), "--no-progress"], capsys)
+    for name, value, message in (("aux_dim", 0, "aux_dim=0 is invalid"), ("lora_targets", [], "lora_targets=[] is invalid"),
+                                 ("lora_targets", ["nothing"], "match no linear layer of the teacher")):
+        student = edit_student(root / "student", tmp_path / f"{name}-{value}", lambda c: c.update({name: value}))
+        with pytest.raises(UserError, match=re.escape(message)):
+            Student.from_pretrained(student)
+
+
+# ---------------------------------------------------------------- a student on another teacher's weights
+
+
+def test_a_student_on_a_teacher_with_other_weights_warns_and_stays_lossless(tmp_path, capsys):
+    from ptp.generate import generate
+    from ptp.head import HeadStudent
+    from ptp.sampling import draw_uniform
+    from ptp.student import TeacherMismatchWarning
+    from test_generate import reference_tokens
+
+    prompt = torch.tensor([0, 5, 9, 12, 7])
+    for kind in ("lora", "head"):
+        options = {"kind": "head", "num_layers": 1} if kind == "head" else {"lora_rank": 4}
+        Student.from_teacher(tiny_teacher("llama", seed=0), num_draft_tokens=4, **options).save_pretrained(tmp_path / kind)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the same weights, also rounded to bfloat16: no warning
+            Student.from_pretrained(tmp_path / kind, teacher=tiny_teacher("llama", seed=0))
+            Student.from_pretrained(tmp_path / kind, teacher=tiny_teacher("llama", seed=0, dtype=torch.bfloat16))
+        other = tiny_teacher("llama", seed=1)  # same shape, other weights
+        with pytest.warns(TeacherMismatchWarning, match="not those the student in .* was trained on"):
+            student = Student.from_pretrained(tmp_path / kind, teacher=other)
+        u = draw_uniform(16, seed=3)
+        sampling = SamplingConfig(temperature=0.8)
+        assert generate(student, prompt, 16, sampling=sampling, u=u).tokens.tolist() == reference_tokens(other, prompt, u, sampling)
+        # Students saved before the fingerprint existed load without a warning.
+        config = json.loads((tmp_path / kind / CONFIG_NAME).read_text())
+        del config["teacher_fingerprint"]
+        (tmp_path / kind / CONFIG_NAME).write_text(json.dumps(config))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert isinstance(Student.from_pretrained(tmp_path / kind, teacher=tiny_teacher("llama", seed=1)),
+                              HeadStudent if kind == "head" else Student)
+
+
+def test_the_cli_prints_the_teacher_warning_as_one_line(root, tmp_path):
+    import subprocess
+    import sys
+
+    student = edit_student(root / "student", tmp_path / "other-teacher", lambda c: c.update(teacher_fingerprint=[0.5] * 24))
+    done = subprocess.run([sys.executable, "-m", "ptp.cli", "generate", str(student), "the cat", "--max-new-tokens", "4"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
+    assert done.returncode == 0 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("ptp: warning: the teacher's weights are not those"), lines

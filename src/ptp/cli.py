@@ -23,6 +23,7 @@ import re
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -215,7 +216,20 @@ def _drop_stdout() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    """ptp's own warnings as one line on the command line; others as Python prints them."""
+    from .student import TeacherMismatchWarning
+
+    if issubclass(category, TeacherMismatchWarning):
+        return f"ptp: warning: {message}\n"
+    return _python_warning(message, category, filename, lineno, line)
+
+
+_python_warning = warnings.formatwarning
+
+
 def _main(argv: list[str], command: str | None) -> int:
+    warnings.formatwarning = _one_line_warning
     try:
         parser = build_parser(command if command in COMMANDS else None)
     except UserError as e:

@@ -53,7 +53,7 @@ from .hf_cache import cache_kwarg, output_cache
 from .io import write_bytes, write_json
 from .masks import additive_mask, training_layout
 from .student import (CONFIG_NAME, WEIGHTS_NAME, StudentBase, check_draft_config, draft_tokens, read_student_config, slot_u,
-                      teacher_signature)
+                      teacher_fingerprint, teacher_signature, warn_if_other_teacher)
 
 INITS = ("teacher", "fresh")  # or a head's directory, whose weights a new head starts from
 DRAFT_CANDIDATES = 64  # tokens a C-PTP / MTP slot picks among while decoding
@@ -79,6 +79,7 @@ class HeadConfig:
         aux_dim: features of the auxiliary embedding.
         teacher: name or path of the teacher (recorded for ``from_pretrained``).
         teacher_signature: architecture facts checked on reload.
+        teacher_fingerprint: a few of the teacher's weights; a reload onto other weights warns.
         sampling: the SamplingConfig (as a dict) the head was trained for.
     """
 
@@ -93,6 +94,7 @@ class HeadConfig:
     aux_dim: int = 32
     teacher: str = ""
     teacher_signature: dict[str, Any] = field(default_factory=dict)
+    teacher_fingerprint: list[float] | None = None
     sampling: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -103,7 +105,6 @@ class HeadConfig:
             (int(self.num_layers) >= 1, f"num_layers={self.num_layers!r} is invalid: use an integer >= 1"),
             (isinstance(self.init, str) and bool(self.init), f"init={self.init!r} is invalid: use one of {', '.join(INITS)} or a head's directory"),
             (int(self.draft_vocab) >= 0, f"draft_vocab={self.draft_vocab!r} is invalid: use 0 (all) or a size >= 1"),
-            (int(self.aux_dim) >= 1, f"aux_dim={self.aux_dim!r} is invalid: use an integer >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -169,6 +170,8 @@ class HeadStudent(StudentBase):
     def __init__(self, teacher: nn.Module, config: HeadConfig, vocab_ids: torch.Tensor | None = None) -> None:
         super().__init__()
         config.teacher_signature = teacher_signature(teacher)
+        if config.teacher_fingerprint is None:
+            config.teacher_fingerprint = teacher_fingerprint(teacher)
         if not config.teacher:
             config.teacher = str(getattr(teacher.config, "_name_or_path", "") or "")
         self.config = config
@@ -371,6 +374,7 @@ class HeadStudent(StudentBase):
 
             teacher = load_teacher(config.teacher, **teacher_kwargs)
         _check_signature(config, teacher, directory)
+        warn_if_other_teacher(config, teacher, directory)
         weights = directory / WEIGHTS_NAME
         try:
             state = load_file(str(weights))

@@ -141,6 +141,23 @@ class GatedLoRA(nn.Module):
         return torch.where(mask.unsqueeze(-1), finite(y + (x @ a_t) @ b_t), y)
 
 
+def linear_names(model: nn.Module) -> list[str]:
+    """Qualified names of the linear layers a gated LoRA may adapt (all but the output layer)."""
+    output = model.get_output_embeddings()
+    return [name for name, module in model.named_modules() if module is not output and linear_shape(module) is not None]
+
+
+def lora_target_names(model: nn.Module, targets: list[str] | None) -> list[str]:
+    """The linear layers ``targets`` (module-name suffixes; None: all) select, in order; a
+    UserError naming some that exist when they select none."""
+    names = linear_names(model)
+    chosen = [n for n in names if targets is None or any(n == t or n.endswith("." + t) for t in targets)]
+    if not chosen:
+        raise UserError(f"lora_targets={targets!r} match no linear layer of the teacher: name module suffixes it has "
+                        f"(e.g. {', '.join(sorted({n.rpartition('.')[2] for n in names})[:6])})")
+    return chosen
+
+
 def inject_gated_lora(
     model: nn.Module, gate: Gate, rank: int, alpha: float, targets: list[str] | None = None
 ) -> list[str]:
@@ -156,17 +173,9 @@ def inject_gated_lora(
     if any(isinstance(module, GatedLoRA) for module in model.modules()):
         raise UserError("this model already carries a student's gated LoRA (a student adapts its teacher in place): "
                         "load a fresh teacher for each student")
-    output = model.get_output_embeddings()
-    adapted = []
-    for name, module in list(model.named_modules()):
-        if module is output or linear_shape(module) is None:
-            continue
-        if targets is not None and not any(name == t or name.endswith("." + t) for t in targets):
-            continue
+    adapted = lora_target_names(model, targets)
+    for name in adapted:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, GatedLoRA(module, rank, alpha, gate))
-        adapted.append(name)
-    if not adapted:
-        raise ValueError(f"no linear layer matched lora targets {targets!r}: name modules of the teacher")
+        setattr(parent, child, GatedLoRA(model.get_submodule(name), rank, alpha, gate))
     return adapted

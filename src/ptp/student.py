@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,20 @@ from .config import SamplingConfig, config_from_dict
 from .errors import UserError
 from .hf_cache import cache_kwarg
 from .io import write_bytes, write_json
-from .lora import Gate, GatedLoRA, finite, inject_gated_lora
+from .lora import Gate, GatedLoRA, finite, inject_gated_lora, linear_names
 from .masks import additive_mask
 from .sampling import pick
 
 MODES = ("o-ptp", "c-ptp", "mtp")
 CONFIG_NAME = "ptp_student.json"
 WEIGHTS_NAME = "student.safetensors"
+FINGERPRINT_VALUES = 8  # weights read from each of three tensors of the teacher
+FINGERPRINT_TOLERANCE = 1e-2  # relative: a teacher reloaded in bfloat16 or float16 still matches
+
+
+class TeacherMismatchWarning(UserWarning):
+    """A student was loaded onto a teacher of the right shape whose weights are not the ones it
+    was trained on: decoding stays the teacher's own, but few drafts will be accepted."""
 
 
 @dataclass
@@ -56,6 +64,8 @@ class StudentConfig:
         aux_dim: n, the number of threshold / arithmetic-coding features.
         teacher: name or path the teacher is loaded from (recorded for ``from_pretrained``).
         teacher_signature: architecture facts checked when the student is reloaded.
+        teacher_fingerprint: a few of the teacher's weights (``teacher_fingerprint``); a reload
+            onto other weights warns. None: not recorded (students saved before it existed).
         sampling: the ``SamplingConfig`` (as a dict) of the teacher samples it was trained on:
             decoding defaults to it (its token ``order`` above all: drafts learned for one order
             are wrong under another). None: not recorded.
@@ -70,12 +80,16 @@ class StudentConfig:
     aux_dim: int = 32
     teacher: str = ""
     teacher_signature: dict[str, Any] = field(default_factory=dict)
+    teacher_fingerprint: list[float] | None = None
     sampling: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_draft_config(self, "student config")
         if int(self.lora_rank) < 1:
             raise UserError(f"lora_rank={self.lora_rank!r} is invalid: use an integer >= 1")
+        if self.lora_targets is not None and (not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets)):
+            raise UserError(f"lora_targets={self.lora_targets!r} is invalid: name module suffixes (e.g. q_proj v_proj), "
+                            "or leave it unset to adapt every linear layer of the blocks")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "student config") -> "StudentConfig":
@@ -93,6 +107,8 @@ def check_draft_config(config: Any, what: str) -> None:
         raise UserError(f"mode={config.mode!r} is invalid: use one of {', '.join(MODES)}")
     if int(config.num_draft_tokens) < 1:
         raise UserError(f"num_draft_tokens={config.num_draft_tokens!r} is invalid: use an integer >= 1")
+    if int(config.aux_dim) < 1:
+        raise UserError(f"aux_dim={config.aux_dim!r} is invalid: use an integer >= 1")
     try:
         parse_aux_embedding(config.aux_embedding)
         if config.sampling is not None:
@@ -136,6 +152,32 @@ def read_student_config(directory: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{config_path} must hold a JSON object: restore it or re-save the student")
     return data
+
+
+def teacher_fingerprint(teacher: nn.Module) -> list[float]:
+    """``3 * FINGERPRINT_VALUES`` of the teacher's weights at fixed places of its input embedding and
+    of the first and last linear layers of its blocks: teachers of one architecture but other
+    weights (another checkpoint, another fine-tune) differ there. Call it before a LoRA adapts them."""
+    linears = [teacher.get_submodule(name).weight for name in linear_names(teacher)]
+    values = []
+    for weight in (teacher.get_input_embeddings().weight, *linears[:1], *linears[-1:]):
+        flat = weight.detach().reshape(-1)
+        index = torch.linspace(0, flat.numel() - 1, FINGERPRINT_VALUES, device=flat.device).long()
+        values += [round(float(v), 6) for v in flat[index].float().cpu()]
+    return values
+
+
+def warn_if_other_teacher(config: Any, teacher: nn.Module, directory: Path) -> None:
+    """Warn (``TeacherMismatchWarning``) when ``teacher``'s weights are not the recorded ones."""
+    recorded = config.teacher_fingerprint
+    if not recorded:
+        return
+    actual = teacher_fingerprint(teacher)
+    scale = [max(abs(a), abs(b)) for a, b in zip(recorded, actual)]
+    if len(actual) != len(recorded) or any(abs(a - b) > FINGERPRINT_TOLERANCE * s + 1e-6 for a, b, s in zip(recorded, actual, scale)):
+        warnings.warn(f"the teacher's weights are not those the student in {directory} was trained on: its output stays the "
+                      f"teacher's own, but few drafts will be accepted; pass the teacher it was trained on ({config.teacher!r})",
+                      TeacherMismatchWarning, stacklevel=3)
 
 
 def teacher_signature(teacher: nn.Module) -> dict[str, Any]:
@@ -186,6 +228,8 @@ class Student(StudentBase):
     def __init__(self, teacher: nn.Module, config: StudentConfig) -> None:
         super().__init__()
         config.teacher_signature = teacher_signature(teacher)
+        if config.teacher_fingerprint is None:  # before the LoRA adapts the teacher's layers
+            config.teacher_fingerprint = teacher_fingerprint(teacher)
         if not config.teacher:
             config.teacher = str(getattr(teacher.config, "_name_or_path", "") or "")
         self.config = config
@@ -349,6 +393,7 @@ class Student(StudentBase):
             raise UserError(
                 f"teacher does not match the student in {directory} ({detail}): pass the teacher it was trained on ({config.teacher!r})"
             )
+        warn_if_other_teacher(config, teacher, directory)
         # Read the weights before wrapping the teacher, so a refused load leaves it untouched.
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():

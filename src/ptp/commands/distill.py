@@ -12,11 +12,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM
+
 from ..cli import dataclass_arguments, dataclass_from_args, read_line, stdin_open
 from ..data import check_columns, check_context, format_fields, is_messages, load_split, text_sequences, turn_pieces
 from ..errors import UserError
 from ..experiment import DATA_MODES, DataConfig, Experiment
 from ..io import absolute_if_local, check_writable
+from ..lora import lora_target_names
 from ..models import load_config, load_tokenizer
 from ..student import MODES
 
@@ -127,6 +131,8 @@ def _validate(experiment: Experiment, rows: Any, tokenizer: Any, model_config: A
     else:
         text_sequences(rows.select([0]), data, tokenizer)
     check_context(data, model_config)
+    if experiment.model.kind == "lora" and experiment.model.lora_targets is not None:
+        _check_lora_targets(experiment.model.lora_targets, model_config, experiment.model.trust_remote_code)
     if experiment.model.kind == "head":
         from ..head_data import check_head_experiment
 
@@ -134,6 +140,13 @@ def _validate(experiment: Experiment, rows: Any, tokenizer: Any, model_config: A
     available = len(rows) if data.limit is None else min(len(rows), data.limit)
     if data.data_mode == "completions" and available <= data.val_examples:
         raise UserError(f"dataset has {available} examples, not more than --val-examples {data.val_examples}: lower --val-examples or use more data")
+
+
+def _check_lora_targets(targets: list[str], model_config: Any, trust_remote_code: bool) -> None:
+    """``--lora-targets`` must name linear layers of the teacher (its skeleton, on the meta device)."""
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
+    lora_target_names(skeleton, targets)
 
 
 def run(args: argparse.Namespace) -> int:
