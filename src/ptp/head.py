@@ -195,6 +195,20 @@ class HeadStudent(StudentBase):
         for module in (self.lift_token, self.lift_slot, self.aux):
             module.to(dtype=embed.dtype)
 
+    @classmethod
+    def create(cls, teacher: nn.Module, config: HeadConfig, vocab_ids: torch.Tensor | None = None) -> "HeadStudent":
+        """A new head; with ``config.init`` a trained head's directory, one that starts from its
+        weights and draft vocabulary (``vocab_ids`` is then ignored)."""
+        if config.init in INITS:
+            return cls(teacher, config, vocab_ids=vocab_ids)
+        if not (Path(config.init) / CONFIG_NAME).is_file():
+            raise UserError(f"init={config.init!r} is invalid: use one of {', '.join(INITS)} or the directory of a trained head")
+        start = pretrained_head(config.init, teacher, config.num_layers)
+        config.draft_vocab = start.config.draft_vocab
+        head = cls(teacher, config, vocab_ids=start.vocab_ids)
+        head.copy_weights(start)
+        return head
+
     @torch.no_grad()
     def _feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std ``(H,)`` of the teacher's states entering layer L - K, on a

@@ -162,7 +162,8 @@ def teacher_fingerprint(teacher: nn.Module) -> list[float]:
     values = []
     for weight in (teacher.get_input_embeddings().weight, *linears[:1], *linears[-1:]):
         flat = weight.detach().reshape(-1)
-        index = torch.linspace(0, flat.numel() - 1, FINGERPRINT_VALUES, device=flat.device).long()
+        # Integer positions: a float32 linspace over 28M entries rounds its last one out of range.
+        index = torch.arange(FINGERPRINT_VALUES, device=flat.device) * (flat.numel() - 1) // (FINGERPRINT_VALUES - 1)
         values += [round(float(v), 6) for v in flat[index].float().cpu()]
     return values
 
@@ -265,7 +266,8 @@ class Student(StudentBase):
 
         ``kind="lora"`` (default) adapts the teacher's modules in place with a gated LoRA;
         ``kind="head"`` returns a ``ptp.head.HeadStudent`` (K-layer draft head on the teacher's
-        hidden states; ``head_options``: ``num_layers``, ``init``, ``draft_vocab``).
+        hidden states; ``head_options``: ``num_layers``, ``init`` (``teacher``, ``fresh`` or a
+        trained head's directory to start from), ``autoregressive``, ``draft_vocab``, ``vocab_ids``).
         """
         if kind == "head":
             from .head import HeadConfig, HeadStudent
@@ -273,7 +275,7 @@ class Student(StudentBase):
             vocab_ids = head_options.pop("vocab_ids", None)
             config = HeadConfig(mode=mode, num_draft_tokens=num_draft_tokens, aux_embedding=aux_embedding, aux_dim=aux_dim,
                                 teacher=teacher_name, sampling=sampling.to_dict() if sampling is not None else None, **head_options)
-            return HeadStudent(teacher, config, vocab_ids=vocab_ids)
+            return HeadStudent.create(teacher, config, vocab_ids=vocab_ids)
         if kind != "lora" or head_options:
             raise UserError(f"kind={kind!r} is invalid: use lora or head (options {sorted(head_options)} are for heads)")
         config = StudentConfig(

@@ -52,7 +52,7 @@ from torch import nn
 from .data import check_context
 from .errors import UserError
 from .experiment import Experiment, OptimConfig, TrainerConfig
-from .head import INITS as HEAD_INITS, frequent_tokens, pretrained_head
+from .head import INITS as HEAD_INITS, frequent_tokens
 from .head_data import check_head_experiment, feature_layer, load_experiment_teacher
 from .io import atomic_path, remove_stale_temps
 from .locks import experiment_lock
@@ -212,18 +212,13 @@ def build_student(experiment: Experiment, teacher: nn.Module | None = None, voca
     common = {"mode": model.mode, "num_draft_tokens": model.num_draft_tokens, "aux_embedding": model.aux_embedding,
               "aux_dim": model.aux_dim, "teacher_name": model.teacher, "sampling": experiment.sampling}
     if model.kind == "head":
-        start = pretrained_head(model.init, teacher, model.num_layers) if model.init not in HEAD_INITS else None
-        if start is not None:
-            vocab_ids = start.vocab_ids  # the pretrained head's draft vocabulary comes with its weights
-        elif vocab_ids is None and model.draft_vocab:
+        # A head started from a trained head (init: its directory) takes that head's vocabulary.
+        if model.init in HEAD_INITS and vocab_ids is None and model.draft_vocab:
             vocab_ids = frequent_tokens(draft_tokens or [], model.draft_vocab, teacher.get_output_embeddings().weight.shape[0])
         torch.manual_seed(derived_seed(experiment.data.seed, "init"))
-        head = Student.from_teacher(teacher, kind="head", num_layers=model.num_layers, init=model.init,
-                                    autoregressive=bool(model.autoregressive), draft_vocab=len(vocab_ids) if start is not None else model.draft_vocab,
+        return Student.from_teacher(teacher, kind="head", num_layers=model.num_layers, init=model.init,
+                                    autoregressive=bool(model.autoregressive), draft_vocab=model.draft_vocab,
                                     vocab_ids=vocab_ids, **common)
-        if start is not None:
-            head.copy_weights(start)
-        return head
     torch.manual_seed(derived_seed(experiment.data.seed, "init"))
     return Student.from_teacher(teacher, lora_rank=model.lora_rank, lora_alpha=model.lora_alpha,
                                 lora_targets=model.lora_targets, **common)
