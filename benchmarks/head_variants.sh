@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 19's same-run comparison: `ptp bench` on one development question per Spec-Bench category
-# (13 questions, 21 turns), every method in the same run on the same prompts and u:
+# (13 questions, their first turns; TURNS=all keeps every turn, 21), every method in the same run on
+# the same prompts and u:
 #   ar, hf (plain decoding, ours and transformers'), pld (prompt lookup), pqd (the shipped
 #   gated-LoRA student) and three draft heads of the same size trained on the same data:
 #   ptp-head (C-PTP: u in its slots), mtp-head (the same head without u), ar-head (autoregressive:
@@ -8,14 +9,14 @@
 #   1. bfloat16, temperature 0.7, top-p 0.95, 128 tokens per turn.
 #   2. bfloat16, greedy, 128 tokens per turn.
 #   3. float32, 32 tokens, 6 questions: the lossless check (0 answers may differ from ar).
-# Usage: bash benchmarks/head_variants.sh PTP_HEAD_DIR MTP_HEAD_DIR AR_HEAD_DIR [OUT]   (about 25 minutes on 2 cores)
+# Usage: bash benchmarks/head_variants.sh PTP_HEAD_DIR MTP_HEAD_DIR AR_HEAD_DIR [OUT]   (about 15 minutes on 2 cores)
 set -euo pipefail
 ptp_head="$1"
 mtp_head="$2"
 ar_head="$3"
 out="${4:-benchmarks/results/head_variants}"
 mkdir -p "$out"
-python - "$out/questions.jsonl" <<'PY'
+python - "$out/questions.jsonl" "${TURNS:-first}" <<'PY'
 import json, sys
 from importlib import resources
 seen, lines = set(), []
@@ -23,7 +24,9 @@ for line in (resources.files("ptp") / "assets" / "dev_questions.jsonl").read_tex
     q = json.loads(line)
     if q["category"] not in seen:
         seen.add(q["category"])
-        lines.append(line)
+        if sys.argv[2] == "first":
+            q["turns"] = q["turns"][:1]
+        lines.append(json.dumps(q))
 open(sys.argv[1], "w").write("\n".join(lines) + "\n")
 PY
 drafters=(--drafters "ptp-head=$ptp_head" "mtp-head=$mtp_head" "ar-head=$ar_head")
