@@ -121,5 +121,10 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     if not is_loopback(args.host) and not args.api_key:
         print(f"ptp serve: warning: listening on {host} without --api-key: anyone who reaches it can use it", file=sys.stderr)
-    server(app, args.log_level).run(sockets=[sock])
+    running = server(app, args.log_level)
+    running.run(sockets=[sock])
+    if running.should_exit:
+        # Stopped by Ctrl-C or SIGTERM. uvicorn re-raises the signal after its shutdown, but under
+        # asyncio's own SIGINT handling that arrives only if the loop is still running: say it here.
+        raise KeyboardInterrupt
     return 0
