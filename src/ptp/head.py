@@ -201,8 +201,6 @@ class HeadStudent(StudentBase):
         weights and draft vocabulary (``vocab_ids`` is then ignored)."""
         if config.init in INITS:
             return cls(teacher, config, vocab_ids=vocab_ids)
-        if not (Path(config.init) / CONFIG_NAME).is_file():
-            raise UserError(f"init={config.init!r} is invalid: use one of {', '.join(INITS)} or the directory of a trained head")
         start = pretrained_head(config.init, teacher, config.num_layers)
         config.draft_vocab = start.config.draft_vocab
         head = cls(teacher, config, vocab_ids=start.vocab_ids)
@@ -411,6 +409,8 @@ class HeadStudent(StudentBase):
 
 def pretrained_head(directory: str | Path, teacher: nn.Module, num_layers: int) -> HeadStudent:
     """The trained head in ``directory`` that a new head of ``num_layers`` layers starts from."""
+    if not (Path(directory) / CONFIG_NAME).is_file():
+        raise UserError(f"init={str(directory)!r} is invalid: use one of {', '.join(INITS)} or the directory of a trained head")
     data = read_student_config(directory)
     if data.get("kind") != "head":
         raise UserError(f"init={str(directory)!r} is not a draft head's directory: pass one written by ptp train for --kind head")

@@ -344,8 +344,9 @@ def _train(directory: str | Path, optim: dict[str, Any] | None = None, trainer: 
     ], validate=bool(val_examples), progress=progress, kind=kind)
 
     student = build_student(experiment, teacher, draft_tokens=[e["tokens"] for e in train_examples] if kind == "head" else None)
-    if kind == "head" and experiment.model.init in HEAD_INITS:  # as ptp.head_training.train_head: lifts start at
-        # real states (a resume then loads its own; a pretrained head brings its own)
+    # As ptp.head_training.train_head: lifts start at real states (a resume then loads its own, and
+    # a head started from a trained one brings its own).
+    if kind == "head" and experiment.model.init in HEAD_INITS:
         student.init_from_features(torch.cat([e["features"] for e in train_examples[:INIT_SEQUENCES]]))
     check_context(experiment.data, student.model.config)  # experiment.yaml may have been edited since ptp distill
     module = make_module(experiment, student, optim_cfg)
