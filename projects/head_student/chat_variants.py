@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--num-draft", type=int, default=6)
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--windows", type=int, default=48, help="draft windows per sequence and step")
     args = parser.parse_args()
     base = yaml.safe_load((args.source / "experiment.yaml").read_text())
     for name, model in VARIANTS.items():
@@ -46,7 +47,7 @@ def main() -> None:
         directory.mkdir(parents=True, exist_ok=True)
         config = yaml.safe_load(yaml.safe_dump(base))
         config["model"].update(model, init=str(args.init.resolve()), num_draft_tokens=args.num_draft)
-        config["loss"]["windows_per_sequence"] = 48  # windows amortise the context rows of a sequence
+        config["loss"]["windows_per_sequence"] = args.windows  # windows amortise the context rows of a sequence
         config["optim"].update(lr=args.lr, warmup_steps=20, final_lr_ratio=0.1, batch_size=2, steps=args.steps,
                                val_every=10**6, val_windows=512)  # validation once, at the end
         config["trainer"].update(checkpoint_every=50, keep_checkpoints=1, devices=1, precision="bf16-mixed")  # bf16 matmul units
